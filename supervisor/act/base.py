@@ -1,0 +1,29 @@
+"""The boundary every actuator backend implements (local, slurm, kubernetes, aws)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from supervisor.vocabulary import Action, ActionResult, JobObservation
+
+
+class Actuator(Protocol):
+    """Drives the job on one kind of cluster.
+
+    plan:    the exact steps apply() would take, as text; observe mode prints it, tests assert on it.
+    apply:   carries the action out; idempotent per `action.idempotency_key`; never raises for an
+             outside failure (it returns ok=False with the reason); bounded in time.
+    launch:  starts the job for the first time (attempt 0) or adopts a running one.
+    observe: reads the job's current state from the target, never from memory alone.
+    stop:    stops every process the actuator owns (daemon shutdown without a decision).
+    """
+
+    def launch(self) -> ActionResult: ...
+
+    def plan(self, action: Action) -> list[str]: ...
+
+    def apply(self, action: Action) -> ActionResult: ...
+
+    def observe(self) -> JobObservation: ...
+
+    def stop(self) -> None: ...

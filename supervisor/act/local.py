@@ -1,0 +1,341 @@
+"""Local actuator: the job runs on this machine as N simulated nodes.
+
+Each node is one `trainer.node_agent` process (the node's log shipper, like the CloudWatch
+agent) that runs one `torchrun` agent (`--nnodes N`, c10d rendezvous on 127.0.0.1), which runs
+`nproc_per_node` training ranks. Spare nodes are names with nothing running until one takes a
+cordoned node's place.
+
+- restart:            stop every node cleanly, relaunch all of them from the latest checkpoint
+                      (the trainer resumes on its own from the newest complete checkpoint).
+- cordon_and_restart: stop every node, retire the bad one, bring in the first spare, relaunch.
+- halt:               stop every node, keep every file (checkpoints, logs) for inspection.
+
+Every attempt gets a fresh rendezvous id and port, so a straggler of an old attempt can never
+join a new one. Processes are started in their own sessions and are stopped by process group:
+SIGTERM to the node agent (it forwards to torchrun and flushes its logs), then SIGKILL to the
+whole group after the grace period.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from supervisor.vocabulary import Action, ActionResult, JobObservation, Verdict
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class LocalJobSpec:
+    """How to run the job on this machine."""
+
+    job: str
+    nodes: tuple[str, ...]
+    spares: tuple[str, ...]
+    run_dir: Path
+    log_group: str
+    nproc_per_node: int = 1
+    trainer_args: tuple[str, ...] = ()
+    python: str = sys.executable
+    endpoint_url: str | None = None
+    region: str = "us-east-1"
+    stop_grace_s: float = 10.0
+    env: Mapping[str, str] = field(default_factory=dict)  # extra environment for every node
+    max_delay_s: float = 600.0  # upper bound on a backoff wait inside apply()
+
+
+@dataclass
+class _Node:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+
+class LocalActuator:
+    """Implements supervisor.act.base.Actuator for processes on this machine. Thread-safe."""
+
+    def __init__(self, spec: LocalJobSpec) -> None:
+        self.spec = spec
+        self._lock = threading.RLock()
+        self._nodes: list[str] = list(spec.nodes)
+        self._spares: list[str] = list(spec.spares)
+        self._cordoned: list[str] = []
+        self._running: dict[str, _Node] = {}
+        self._attempt = -1
+        self._launched_at: float | None = None
+        self._halted = False
+        self._results: dict[str, ActionResult] = {}  # idempotency key -> result
+
+    # ------------------------------------------------------------------ paths and commands
+
+    def node_dir(self, node: str) -> Path:
+        return self.spec.run_dir / "nodes" / node
+
+    def kmsg_path(self, node: str) -> Path:
+        """The node's kernel log; its agent ships new lines to the node's stream (like dmesg)."""
+        return self.node_dir(node) / "kmsg.log"
+
+    def node_command(self, node: str, node_rank: int, attempt: int, rdzv_port: int) -> list[str]:
+        """The argv of one node (no shell: every element is a separate argument)."""
+        spec = self.spec
+        agent = [
+            spec.python, "-m", "trainer.node_agent",
+            "--job", spec.job,
+            "--node", node,
+            "--log-group", spec.log_group,
+            "--region", spec.region,
+            "--kmsg-file", str(self.kmsg_path(node)),
+            "--log-file", str(self.node_dir(node) / f"attempt-{attempt}.log"),
+            "--grace-s", str(spec.stop_grace_s),
+        ]  # fmt: skip
+        if spec.endpoint_url:
+            agent += ["--endpoint-url", spec.endpoint_url]
+        torchrun = [
+            spec.python, "-m", "torch.distributed.run",
+            "--nnodes", str(len(self._nodes)),
+            "--nproc-per-node", str(spec.nproc_per_node),
+            "--rdzv-backend", "c10d",
+            "--rdzv-endpoint", f"127.0.0.1:{rdzv_port}",
+            "--rdzv-id", f"{spec.job}-attempt-{attempt}",
+            "--rdzv-conf", f"is_host={'true' if node_rank == 0 else 'false'}",
+            "--max-restarts", "0",
+            # c10d orders nodes by (local address, pid): distinct loopback addresses make the
+            # simulated node i take rank block i, as a real host list would.
+            "--local-addr", f"127.0.0.{node_rank + 1}",
+            # Job and node names reach the trainer through FTSUP_JOB / FTSUP_NODE: torchrun's parser
+            # would take `--node` for an abbreviation of its own `--node-rank`.
+            "-m", "trainer.train",
+            "--run-dir", str(spec.run_dir),
+            *spec.trainer_args,
+        ]  # fmt: skip
+        return [*agent, "--", *torchrun]
+
+    def _environment(self, node: str, attempt: int) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.spec.env)
+        env.update(
+            {
+                "FTSUP_JOB": self.spec.job,
+                "FTSUP_NODE": node,
+                "FTSUP_ATTEMPT": str(attempt),
+                "OMP_NUM_THREADS": "1",
+                "PYTHONUNBUFFERED": "1",
+                "AWS_DEFAULT_REGION": self.spec.region,
+            }
+        )
+        # The trainer package must be importable in the child whatever the caller's cwd.
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        if self.spec.endpoint_url:
+            env["FTSUP_CW_ENDPOINT"] = self.spec.endpoint_url
+        return env
+
+    # ------------------------------------------------------------------ Actuator protocol
+
+    def launch(self) -> ActionResult:
+        """Start attempt 0 (or the next attempt, if a previous one was stopped)."""
+        with self._lock:
+            started = time.time()
+            self._start_attempt(self._attempt + 1)
+            return ActionResult(
+                idempotency_key=f"{self.spec.job}:launch:{self._attempt}",
+                ok=True,
+                detail=f"launched attempt {self._attempt} on {', '.join(self._nodes)}",
+                started_at=started,
+                finished_at=time.time(),
+                attempt=self._attempt,
+                nodes=tuple(self._nodes),
+            )
+
+    def plan(self, action: Action) -> list[str]:
+        with self._lock:
+            nodes = list(self._nodes)
+            grace = f"SIGTERM, {self.spec.stop_grace_s:g}s grace, then SIGKILL"
+            steps = [f"stop attempt {self._attempt} on {', '.join(nodes)} ({grace})"]
+            if action.kind is Verdict.HALT:
+                return [*steps, f"keep {self.spec.run_dir} for inspection; do not relaunch"]
+            if action.kind is Verdict.CORDON_AND_RESTART and action.node is not None:
+                spare = self._spares[0] if self._spares else "<no spare>"
+                nodes = [spare if n == action.node else n for n in nodes]
+                steps.append(f"cordon {action.node}; spare {spare} takes its place")
+            if action.delay_s > 0:
+                steps.append(f"wait {action.delay_s:g}s (backoff)")
+            steps.append(
+                f"launch attempt {self._attempt + 1} on {', '.join(nodes)}; resume from the latest checkpoint"
+            )
+            return steps
+
+    def apply(self, action: Action) -> ActionResult:
+        """Carry out one action; the same idempotency key twice returns the first result."""
+        with self._lock:
+            done = self._results.get(action.idempotency_key)
+            if done is not None:
+                return done
+            started = time.time()
+            result = self._apply(action, started)
+            self._results[action.idempotency_key] = result
+            return result
+
+    def _apply(self, action: Action, started: float) -> ActionResult:
+        def finish(ok: bool, detail: str) -> ActionResult:
+            running = bool(self._running)
+            return ActionResult(
+                idempotency_key=action.idempotency_key,
+                ok=ok,
+                detail=detail,
+                started_at=started,
+                finished_at=time.time(),
+                attempt=self._attempt if running else None,
+                nodes=tuple(self._nodes),
+            )
+
+        if self._halted:
+            return finish(False, "the job is halted; refusing to act until a human relaunches it")
+        if action.kind is Verdict.IGNORE:
+            return finish(True, "nothing to do")
+        stopped = self._stop_all()
+        if action.kind is Verdict.HALT:
+            self._halted = True
+            return finish(True, f"halted: stopped {stopped}; files kept in {self.spec.run_dir}")
+        detail = ""
+        if action.kind is Verdict.CORDON_AND_RESTART:
+            node = action.node
+            if node is None or node not in self._nodes:
+                return finish(False, f"cannot cordon {node!r}: not a member of the job")
+            if not self._spares:
+                return finish(False, f"cannot cordon {node}: no spare left")
+            spare = self._spares.pop(0)
+            self._nodes[self._nodes.index(node)] = spare
+            self._cordoned.append(node)
+            detail = f"cordoned {node}; spare {spare} took its place; "
+        if action.delay_s > 0:
+            time.sleep(min(action.delay_s, self.spec.max_delay_s))
+        self._start_attempt(self._attempt + 1)
+        return finish(
+            True, f"{detail}stopped {stopped}; relaunched attempt {self._attempt} on {', '.join(self._nodes)}"
+        )
+
+    def observe(self) -> JobObservation:
+        with self._lock:
+            codes = tuple((name, n.process.poll()) for name, n in sorted(self._running.items()))
+            return JobObservation(
+                job=self.spec.job,
+                attempt=self._attempt,
+                nodes=tuple(self._nodes),
+                spares=tuple(self._spares),
+                cordoned=tuple(self._cordoned),
+                running=any(code is None for _, code in codes),
+                launched_at=self._launched_at,
+                exit_codes=codes,
+            )
+
+    @property
+    def halted(self) -> bool:
+        return self._halted
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stop_all()
+
+    # ------------------------------------------------------------------ processes
+
+    def _start_attempt(self, attempt: int) -> None:
+        port = free_port()
+        self._attempt = attempt
+        self._launched_at = time.time()
+        for rank, node in enumerate(self._nodes):
+            directory = self.node_dir(node)
+            directory.mkdir(parents=True, exist_ok=True)
+            self.kmsg_path(node).touch()
+            log_path = directory / f"agent-{attempt}.out"
+            with open(log_path, "wb") as out:
+                process = subprocess.Popen(
+                    self.node_command(node, rank, attempt, port),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=self._environment(node, attempt),
+                    cwd=str(self.spec.run_dir),
+                    start_new_session=True,  # own process group: stopped as a unit
+                )
+            self._running[node] = _Node(node, process, log_path)
+
+    def _stop_all(self) -> str:
+        """Stop every node: SIGTERM to each agent, then SIGKILL the groups that outlive the grace."""
+        if not self._running:
+            return "nothing (no node running)"
+        names = sorted(self._running)
+        # torchrun starts each rank in a session of its own, so killing the agent's group is not
+        # enough: remember the whole tree now, before parents die and orphans are re-parented.
+        tree = {pid for n in self._running.values() for pid in _descendants(n.process.pid)}
+        for n in self._running.values():
+            if n.process.poll() is None:
+                _signal_group(n.process.pid, signal.SIGTERM, group=False)
+        deadline = time.monotonic() + self.spec.stop_grace_s
+        for n in self._running.values():
+            remaining = max(0.0, deadline - time.monotonic())
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                n.process.wait(timeout=remaining)
+        for n in self._running.values():
+            # Kill the whole group even if the agent exited: ranks of a wedged torchrun may linger.
+            _signal_group(n.process.pid, signal.SIGKILL, group=True)
+        for pid in tree:
+            _signal_group(pid, signal.SIGKILL, group=False)
+        for n in self._running.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                n.process.wait(timeout=5)
+        self._running.clear()
+        return ", ".join(names)
+
+
+def _signal_group(pid: int, sig: signal.Signals, *, group: bool) -> None:
+    try:
+        if group:
+            os.killpg(pid, sig)  # the agent is its group's leader (start_new_session)
+        else:
+            os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _descendants(root: int) -> set[int]:
+    """All live descendants of `root` (Linux /proc), whatever session they moved to."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # The command name may contain spaces and parentheses: the ppid follows the last ')'.
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 1:
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    found: set[int] = set()
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+def describe_exit_codes(codes: Sequence[tuple[str, int | None]]) -> str:
+    return ", ".join(f"{node}={'running' if code is None else code}" for node, code in codes)

@@ -1,0 +1,719 @@
+"""Failure policies: the rule model and its strict, layered loader.
+
+A policy file is YAML with up to three top-level keys::
+
+    rules:              # log rules (match.log, an RE2 pattern) and metric rules (match.metric + condition)
+      - name: gpu-fallen-off-bus
+        match: {log: 'NVRM: Xid \\(PCI:[0-9a-fA-F:.]+\\): 79,'}
+        signal: gpu.xid.79
+        class: non_recoverable
+        scope: node
+        action: cordon_and_restart
+        severity: critical
+        examples: {match: [...], no_match: [...]}
+    budgets: {restart: {...}, cordon: {...}}     # at most one file may define it
+    disable: [rule-name, ...]                    # removes rules loaded from earlier files
+
+`load_policies(paths)` loads the paths in order (a directory contributes its ``*.yaml`` / ``*.yml``
+files sorted by name) and layers them:
+
+* a rule whose name was already loaded is an error unless it says ``override: true``; then only
+  the fields it names replace the earlier rule's (``match`` and ``examples`` merge key by key; a
+  new metric condition replaces the old one, a ``log`` / ``metric`` switch replaces the whole match);
+  the rule keeps its original place in declaration order;
+* ``disable`` removes rules loaded from earlier files (an unknown name is an error);
+* every problem of every file is collected into one `ConfigError` whose problems name the
+  file, line, column and field path: ``policies/gpu.yaml:12:14 rules[3].match.log: missing ')'``.
+
+Load-time checks: unknown keys, wrong types, missing required fields, invalid enum values, rule
+names (``[a-z0-9][a-z0-9._-]*``, unique), RE2 pattern syntax (backreferences and lookaround are
+rejected), patterns that match the empty string, metric rules with exactly one condition, and
+every log rule's examples (``examples.match`` lines must match, ``examples.no_match`` must not; at
+least one ``match`` example is required).
+
+Log patterns are applied in RE2 multi-line mode (``^`` / ``$`` also match at line breaks inside a
+multi-line log event), by `compile_pattern`, the one compiler the matcher uses as well.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import re2
+
+from supervisor.errors import ConfigError, Problem
+from supervisor.vocabulary import FailureClass, Role, Scope, Severity, Signal, Verdict
+from supervisor.yamlpos import Checker, DataPath, Document, load_yaml_file
+
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]*")
+SIGNAL_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+METRIC_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]*")
+
+RULE_KEYS = (
+    "name",
+    "description",
+    "match",
+    "signal",
+    "class",
+    "scope",
+    "action",
+    "severity",
+    "role",
+    "priority",
+    "runbook",
+    "examples",
+    "override",
+)
+REQUIRED_RULE_KEYS = ("name", "match", "signal", "class", "scope", "action", "severity")
+MATCH_KEYS = ("log", "metric", "above", "below", "absent_for", "stalled_for", "for")
+CONDITIONS = ("above", "below", "absent_for", "stalled_for")
+EXAMPLE_KEYS = ("match", "no_match")
+TOP_KEYS = ("rules", "budgets", "disable")
+
+
+# ----------------------------------------------------------------------------- patterns
+
+
+class PatternError(ValueError):
+    """An RE2 pattern that does not compile; the message is user-facing."""
+
+
+def _re2_options() -> Any:
+    opts = re2.Options()
+    if hasattr(opts, "log_errors"):
+        opts.log_errors = False  # keep absl from writing parse errors to stderr
+    return opts
+
+
+_OPTIONS = _re2_options()
+
+
+def re2_options() -> Any:
+    """The RE2 options every ftsup pattern is compiled with (quiet on errors)."""
+    return _OPTIONS
+
+
+def explain_re2_error(message: str) -> str:
+    """Turn RE2's parser message into a user-facing one (lookaround / backreferences named)."""
+    if message.startswith(
+        ("invalid perl operator: (?=", "invalid perl operator: (?!", "invalid perl operator: (?<")
+    ):
+        return f"lookaround is not supported (RE2 syntax): {message.split(': ', 1)[1]}"
+    if message.startswith("invalid perl operator: (?P"):
+        return "named backreferences (?P=name) are not supported (RE2 syntax)"
+    m = re.match(r"invalid escape sequence: (\\[1-9k])", message)
+    if m:
+        return f"backreferences are not supported (RE2 syntax): {m.group(1)}"
+    for what, char in (("missing )", ")"), ("missing ]", "]"), ("unexpected )", ")")):
+        if message.startswith(what + ":"):
+            return f"{what.split()[0]} '{char}' in {message.split(': ', 1)[1]}"
+    return f"invalid RE2 pattern: {message}"
+
+
+def compile_pattern(pattern: str) -> Any:
+    """Compile a log rule's pattern the way the matcher applies it (RE2, multi-line mode).
+
+    Raises `PatternError` with a user-facing message for syntax RE2 rejects (lookaround,
+    backreferences, unbalanced groups ...) and for patterns that match the empty string, which
+    would turn every log line into a signal.
+    """
+    try:
+        re2.compile(pattern, _OPTIONS)  # errors quote the pattern as written
+        regex = re2.compile("(?m)" + pattern, _OPTIONS)
+    except re2.error as exc:
+        raw = exc.args[0] if exc.args else ""
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        raise PatternError(explain_re2_error(text)) from None
+    except Exception as exc:  # the binding may raise TypeError / ValueError on odd input
+        raise PatternError(f"invalid RE2 pattern: {exc}") from None
+    if regex.search("") is not None:
+        raise PatternError("pattern matches the empty string, so it would match every line")
+    return regex
+
+
+# ----------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True, slots=True)
+class LogMatch:
+    """Match log lines with an RE2 `pattern` (searched, multi-line mode; see `compile_pattern`)."""
+
+    pattern: str
+
+
+@dataclass(frozen=True, slots=True)
+class MetricMatch:
+    """A condition on one metric of one node; exactly one of the four conditions is set.
+
+    above / below: the value is > above (< below), held for `for_s` seconds (0 = at once).
+    absent_for:    no datapoint for that many seconds.
+    stalled_for:   the value has not increased for that many seconds.
+    """
+
+    metric: str
+    above: float | None = None
+    below: float | None = None
+    absent_for: float | None = None
+    stalled_for: float | None = None
+    for_s: float = 0.0
+
+    @property
+    def condition(self) -> str:
+        """Which condition this is: "above" | "below" | "absent_for" | "stalled_for"."""
+        for name in CONDITIONS:
+            if getattr(self, name) is not None:
+                return name
+        raise ValueError("MetricMatch without a condition")
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One classification rule, as loaded (after layering).
+
+    `order` is its declaration position across all files (earlier = lower), the tie-break after
+    `priority` (higher wins). `source` is "file:line" where the rule was first defined;
+    `overridden_at` lists the "file:line" of each override applied to it.
+    """
+
+    name: str
+    match: LogMatch | MetricMatch
+    signal: str
+    failure_class: FailureClass
+    scope: Scope
+    action: Verdict
+    severity: Severity
+    role: Role = Role.CAUSE
+    priority: int = 0
+    description: str = ""
+    runbook: str | None = None
+    examples_match: tuple[str, ...] = ()
+    examples_no_match: tuple[str, ...] = ()
+    source: str = "<code>"
+    order: int = 0
+    overridden_at: tuple[str, ...] = ()
+
+    @property
+    def is_log(self) -> bool:
+        return isinstance(self.match, LogMatch)
+
+    @property
+    def recoverable(self) -> bool:
+        return self.failure_class is FailureClass.RECOVERABLE
+
+
+@dataclass(frozen=True, slots=True)
+class RestartBudget:
+    """At most `max` automatic restarts within `within_s`; relaunch delay doubles from `backoff_s`
+    up to `backoff_max_s`. Past the budget the decision escalates (to halt)."""
+
+    max: int = 3
+    within_s: float = 3600.0
+    backoff_s: float = 10.0
+    backoff_max_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class CordonBudget:
+    """At most `max_nodes` cordoned within `within_s`, and never more than `max_fraction` of the job."""
+
+    max_nodes: int = 2
+    within_s: float = 3600.0
+    max_fraction: float = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Budgets:
+    restart: RestartBudget = field(default_factory=RestartBudget)
+    cordon: CordonBudget = field(default_factory=CordonBudget)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySet:
+    """The loaded rules (declaration order), budgets, and the rules split by kind."""
+
+    rules: tuple[Rule, ...]
+    budgets: Budgets
+    log_rules: tuple[Rule, ...]
+    metric_rules: tuple[Rule, ...]
+    files: tuple[str, ...] = ()
+
+    @classmethod
+    def from_rules(
+        cls, rules: Iterable[Rule], budgets: Budgets | None = None, files: Sequence[str] = ()
+    ) -> PolicySet:
+        """Build a set from rules given in declaration order (handy for tests and tools)."""
+        rs = tuple(rules)
+        return cls(
+            rules=rs,
+            budgets=budgets or Budgets(),
+            log_rules=tuple(r for r in rs if r.is_log),
+            metric_rules=tuple(r for r in rs if not r.is_log),
+            files=tuple(files),
+        )
+
+    def rule(self, name: str) -> Rule:
+        """The rule called `name`; KeyError if none."""
+        for r in self.rules:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+
+def make_signal(
+    rule: Rule,
+    node: str,
+    timestamp: float,
+    evidence: str,
+    *,
+    event_id: str | None = None,
+    line_index: int | None = None,
+) -> Signal:
+    """The `Signal` that `rule` raises on `node` at `timestamp` with the given evidence."""
+    return Signal(
+        rule=rule.name,
+        signal=rule.signal,
+        node=node,
+        timestamp=timestamp,
+        failure_class=rule.failure_class,
+        scope=rule.scope,
+        verdict=rule.action,
+        severity=rule.severity,
+        role=rule.role,
+        evidence=evidence,
+        event_id=event_id,
+        line_index=line_index,
+        runbook=rule.runbook,
+    )
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+@dataclass
+class _Field:
+    value: Any
+    doc: Document
+    path: DataPath
+
+
+@dataclass
+class _RawRule:
+    name: str | None
+    doc: Document
+    path: DataPath
+    fields: dict[str, _Field]
+    override: bool
+    ok: bool
+    present: frozenset[str] = frozenset()  # top-level keys written (valid or not)
+
+
+@dataclass
+class _RawFile:
+    doc: Document
+    index: int
+    rules: list[_RawRule]
+    disable: list[tuple[str, DataPath]]
+    budgets: Budgets | None
+    budgets_path: DataPath | None
+
+
+@dataclass
+class _Effective:
+    name: str
+    first: _RawRule
+    last: _RawRule
+    fields: dict[str, _Field]
+    ok: bool
+    order: int
+    overrides: list[_RawRule]
+    present: set[str] = field(default_factory=set)
+
+
+def _loc(doc: Document, path: DataPath, *, key: bool = False) -> str:
+    line, col = doc.position(path, key=key)
+    return f"{doc.file}:{line}:{col}"
+
+
+def _expand(paths: Sequence[Path | str], problems: list[Problem]) -> list[Path]:
+    files: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted(
+                (c for c in p.iterdir() if c.suffix in (".yaml", ".yml") and c.is_file()),
+                key=lambda c: c.name,
+            )
+            if not found:
+                problems.append(Problem(str(p), 0, 0, "", "no *.yaml or *.yml files in this directory"))
+            files.extend(found)
+        elif p.is_file():
+            files.append(p)
+        else:
+            problems.append(Problem(str(p), 0, 0, "", "no such file or directory"))
+    return files
+
+
+def _parse_rule(ck: Checker, doc: Document, path: DataPath, entry: object) -> _RawRule | None:
+    before = len(ck.problems)
+    m = ck.mapping(path, entry, allowed=RULE_KEYS)
+    if m is None:
+        return None
+    fields: dict[str, _Field] = {}
+
+    def put(key: str, value: Any, p: DataPath) -> None:
+        if value is not None:
+            fields[key] = _Field(value, doc, p)
+
+    name: str | None = None
+    if "name" in m:
+        name = ck.string((*path, "name"), m["name"], pattern=NAME_RE, what="rule name")
+    else:
+        ck.problem(path, "missing required key 'name'")
+    override = False
+    if "override" in m:
+        override = bool(ck.boolean((*path, "override"), m["override"]))
+    for key, enum in (
+        ("class", FailureClass),
+        ("scope", Scope),
+        ("action", Verdict),
+        ("severity", Severity),
+        ("role", Role),
+    ):
+        if key in m:
+            put(key, ck.choice((*path, key), m[key], [e.value for e in enum]), (*path, key))
+    for key in ("description", "runbook"):
+        if key in m:
+            put(key, ck.string((*path, key), m[key]), (*path, key))
+    if "signal" in m:
+        put(
+            "signal",
+            ck.string((*path, "signal"), m["signal"], pattern=SIGNAL_RE, what="signal"),
+            (*path, "signal"),
+        )
+    if "priority" in m:
+        p = (*path, "priority")
+        put("priority", ck.integer(p, m["priority"], minimum=-1_000_000, maximum=1_000_000), p)
+    if "match" in m:
+        mp = (*path, "match")
+        mm = ck.mapping(mp, m["match"], allowed=MATCH_KEYS)
+        if mm is not None:
+            if not mm:
+                ck.problem(mp, "match needs 'log' (a pattern) or 'metric' (a metric name and a condition)")
+            if "log" in mm:
+                pattern = ck.string((*mp, "log"), mm["log"])
+                if pattern is not None:
+                    try:
+                        compile_pattern(pattern)
+                    except PatternError as exc:
+                        ck.problem((*mp, "log"), str(exc))
+                        pattern = None
+                put("match.log", pattern, (*mp, "log"))
+            if "metric" in mm:
+                put(
+                    "match.metric",
+                    ck.string((*mp, "metric"), mm["metric"], pattern=METRIC_RE, what="metric"),
+                    (*mp, "metric"),
+                )
+            for key in ("above", "below"):
+                if key in mm:
+                    put(f"match.{key}", ck.number((*mp, key), mm[key]), (*mp, key))
+            for key in ("absent_for", "stalled_for"):
+                if key in mm:
+                    put(f"match.{key}", ck.duration((*mp, key), mm[key], positive=True), (*mp, key))
+            if "for" in mm:
+                put("match.for", ck.duration((*mp, "for"), mm["for"]), (*mp, "for"))
+    if "examples" in m:
+        ep = (*path, "examples")
+        em = ck.mapping(ep, m["examples"], allowed=EXAMPLE_KEYS)
+        if em is not None:
+            for key in EXAMPLE_KEYS:
+                if key in em:
+                    lines = ck.string_list((*ep, key), em[key])
+                    put(f"examples.{key}", None if lines is None else tuple(lines), (*ep, key))
+    present = frozenset(k for k in m if isinstance(k, str))
+    return _RawRule(name, doc, path, fields, override, ok=len(ck.problems) == before, present=present)
+
+
+def _parse_budgets(ck: Checker, path: DataPath, value: object) -> Budgets | None:
+    before = len(ck.problems)
+    m = ck.mapping(path, value, allowed=("restart", "cordon"))
+    if m is None:
+        return None
+    restart = RestartBudget()
+    cordon = CordonBudget()
+    if "restart" in m:
+        rp = (*path, "restart")
+        rm = ck.mapping(rp, m["restart"], allowed=("max", "within", "backoff", "backoff_max"))
+        if rm is not None:
+            mx = ck.integer((*rp, "max"), rm["max"], minimum=0) if "max" in rm else restart.max
+            within = (
+                ck.duration((*rp, "within"), rm["within"], positive=True)
+                if "within" in rm
+                else restart.within_s
+            )
+            backoff = ck.duration((*rp, "backoff"), rm["backoff"]) if "backoff" in rm else restart.backoff_s
+            bmax = ck.duration((*rp, "backoff_max"), rm["backoff_max"]) if "backoff_max" in rm else None
+            if bmax is None and "backoff_max" not in rm:
+                bmax = max(restart.backoff_max_s, backoff or 0.0)
+            if bmax is not None and backoff is not None and bmax < backoff:
+                ck.problem((*rp, "backoff_max"), f"must be >= backoff ({backoff:g}s), got {bmax:g}s")
+            if mx is not None and within is not None and backoff is not None and bmax is not None:
+                restart = RestartBudget(mx, within, backoff, bmax)
+    if "cordon" in m:
+        cp = (*path, "cordon")
+        cm = ck.mapping(cp, m["cordon"], allowed=("max_nodes", "within", "max_fraction"))
+        if cm is not None:
+            mn = (
+                ck.integer((*cp, "max_nodes"), cm["max_nodes"], minimum=0)
+                if "max_nodes" in cm
+                else cordon.max_nodes
+            )
+            within = (
+                ck.duration((*cp, "within"), cm["within"], positive=True)
+                if "within" in cm
+                else cordon.within_s
+            )
+            frac = (
+                ck.number((*cp, "max_fraction"), cm["max_fraction"], positive=True, maximum=1.0)
+                if "max_fraction" in cm
+                else cordon.max_fraction
+            )
+            if mn is not None and within is not None and frac is not None:
+                cordon = CordonBudget(mn, within, frac)
+    if len(ck.problems) != before:
+        return None
+    return Budgets(restart, cordon)
+
+
+def _parse_file(doc: Document, index: int, problems: list[Problem]) -> _RawFile:
+    ck = Checker(doc, problems)
+    out = _RawFile(doc, index, [], [], None, None)
+    if doc.data is None:
+        return out
+    top = ck.mapping((), doc.data, allowed=TOP_KEYS)
+    if top is None:
+        return out
+    if "rules" in top:
+        rules = top["rules"]
+        if rules is None:
+            pass
+        elif not isinstance(rules, list):
+            ck.problem(("rules",), "expected a list of rules")
+        else:
+            for i, entry in enumerate(rules):
+                raw = _parse_rule(ck, doc, ("rules", i), entry)
+                if raw is not None:
+                    out.rules.append(raw)
+    if "budgets" in top:
+        out.budgets_path = ("budgets",)
+        out.budgets = _parse_budgets(ck, ("budgets",), top["budgets"])
+    if "disable" in top:
+        names = ck.string_list(("disable",), top["disable"])
+        if names is not None:
+            out.disable = [(n, ("disable", i)) for i, n in enumerate(names)]
+    return out
+
+
+def _merge_fields(base: dict[str, _Field], over: dict[str, _Field]) -> dict[str, _Field]:
+    out = dict(base)
+    switched = ("match.log" in over and "match.metric" in base) or (
+        "match.metric" in over and "match.log" in base
+    )
+    if switched:
+        out = {k: v for k, v in out.items() if not k.startswith("match.")}
+    elif any(f"match.{c}" in over for c in CONDITIONS):
+        out = {k: v for k, v in out.items() if k.removeprefix("match.") not in (*CONDITIONS, "for")}
+    out.update(over)
+    return out
+
+
+def _build_rule(eff: _Effective, problems: list[Problem]) -> Rule | None:
+    f = eff.fields
+    last = eff.last
+    before = len(problems)
+
+    def report(at: _Field | None, message: str, path: DataPath | None = None) -> None:
+        if at is not None:
+            problems.append(at.doc.problem(path if path is not None else at.path, message))
+        else:
+            problems.append(last.doc.problem(last.path, message))
+
+    has_match = any(k.startswith("match.") for k in f)
+    for key in REQUIRED_RULE_KEYS:
+        if key != "name" and key not in eff.present:
+            report(None, f"missing required key {key!r}")
+    if not eff.ok:
+        return None  # the rule's own field problems are already reported
+    is_log = "match.log" in f
+    is_metric = "match.metric" in f
+    cond_keys = [c for c in CONDITIONS if f"match.{c}" in f]
+    anchor = (
+        f.get("match.log") or f.get("match.metric") or next((f[k] for k in f if k.startswith("match.")), None)
+    )
+    match_path = anchor.path[:-1] if anchor is not None else None
+    if is_log and is_metric:
+        report(anchor, "match needs exactly one of 'log' or 'metric', not both", match_path)
+    elif has_match and not is_log and not is_metric:
+        report(anchor, "match needs 'log' (a pattern) or 'metric' (a metric name)", match_path)
+    match: LogMatch | MetricMatch | None = None
+    if is_log and not is_metric:
+        for c in (*cond_keys, "for"):
+            if f"match.{c}" in f:
+                report(f[f"match.{c}"], f"'{c}' applies only to metric rules", f[f"match.{c}"].path)
+        pattern_field = f["match.log"]
+        regex = compile_pattern(pattern_field.value)  # validated in _parse_rule
+        positives = f.get("examples.match")
+        if positives is None or not positives.value:
+            report(positives, "log rules need at least one example line in examples.match")
+        else:
+            for i, line in enumerate(positives.value):
+                if regex.search(line) is None:
+                    report(positives, "example does not match the rule's pattern", (*positives.path, i))
+        negatives = f.get("examples.no_match")
+        if negatives is not None:
+            for i, line in enumerate(negatives.value):
+                if regex.search(line) is not None:
+                    report(negatives, "no_match example matches the rule's pattern", (*negatives.path, i))
+        match = LogMatch(pattern_field.value)
+    elif is_metric and not is_log:
+        for key in ("examples.match", "examples.no_match"):
+            if key in f:
+                report(f[key], "examples apply only to log rules")
+        if len(cond_keys) != 1:
+            report(
+                f["match.metric"],
+                "metric rules need exactly one of above, below, absent_for, stalled_for",
+                match_path,
+            )
+        elif "match.for" in f and cond_keys[0] not in ("above", "below"):
+            report(f["match.for"], "'for' applies only to above / below thresholds")
+        else:
+            c = cond_keys[0]
+            match = MetricMatch(
+                metric=f["match.metric"].value,
+                for_s=f["match.for"].value if "match.for" in f else 0.0,
+                **{c: f[f"match.{c}"].value},
+            )
+    if len(problems) != before or match is None:
+        return None
+    first = eff.first
+    return Rule(
+        name=eff.name,
+        match=match,
+        signal=f["signal"].value,
+        failure_class=FailureClass(f["class"].value),
+        scope=Scope(f["scope"].value),
+        action=Verdict(f["action"].value),
+        severity=Severity(f["severity"].value),
+        role=Role(f["role"].value) if "role" in f else Role.CAUSE,
+        priority=f["priority"].value if "priority" in f else 0,
+        description=f["description"].value if "description" in f else "",
+        runbook=f["runbook"].value if "runbook" in f else None,
+        examples_match=f["examples.match"].value if "examples.match" in f else (),
+        examples_no_match=f["examples.no_match"].value if "examples.no_match" in f else (),
+        source=f"{first.doc.file}:{first.doc.position(first.path)[0]}",
+        order=eff.order,
+        overridden_at=tuple(f"{o.doc.file}:{o.doc.position(o.path)[0]}" for o in eff.overrides),
+    )
+
+
+def load_policies(paths: Sequence[Path | str]) -> PolicySet:
+    """Load and layer the policy files under `paths` (in order); raise `ConfigError` with every problem.
+
+    Each path is a file or a directory (its ``*.yaml`` / ``*.yml`` files, sorted by name). See the
+    module docstring for layering (override / disable) and the checks performed.
+    """
+    problems: list[Problem] = []
+    files = _expand(paths, problems)
+    raws: list[_RawFile] = []
+    for i, path in enumerate(files):
+        try:
+            doc = load_yaml_file(path)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        raws.append(_parse_file(doc, i, problems))
+
+    effective: dict[str, _Effective] = {}
+    budgets: Budgets | None = None
+    budgets_at: str | None = None
+    order = 0
+    for rf in raws:
+        doc = rf.doc
+        for name, dpath in rf.disable:
+            if name in effective:
+                del effective[name]
+            else:
+                problems.append(
+                    doc.problem(dpath, f"cannot disable {name!r}: no rule by that name was loaded before")
+                )
+        seen_here: dict[str, _RawRule] = {}
+        for raw in rf.rules:
+            if raw.name is None:
+                continue
+            if raw.name in seen_here:
+                prev = seen_here[raw.name]
+                problems.append(
+                    doc.problem(
+                        (*raw.path, "name"),
+                        f"duplicate rule name {raw.name!r} (first defined at {_loc(prev.doc, prev.path)})",
+                    )
+                )
+                continue
+            seen_here[raw.name] = raw
+            eff = effective.get(raw.name)
+            if eff is not None:
+                if not raw.override:
+                    problems.append(
+                        doc.problem(
+                            (*raw.path, "name"),
+                            f"rule {raw.name!r} is already defined at {_loc(eff.first.doc, eff.first.path)}"
+                            " (add 'override: true' to change it)",
+                        )
+                    )
+                    continue
+                eff.fields = _merge_fields(eff.fields, raw.fields)
+                eff.ok = eff.ok and raw.ok
+                eff.present |= raw.present
+                eff.last = raw
+                eff.overrides.append(raw)
+            elif raw.override:
+                problems.append(
+                    doc.problem(
+                        (*raw.path, "override"),
+                        f"override: true but no rule named {raw.name!r} was loaded before",
+                    )
+                )
+            else:
+                effective[raw.name] = _Effective(
+                    raw.name, raw, raw, dict(raw.fields), raw.ok, order, [], set(raw.present)
+                )
+                order += 1
+        if rf.budgets_path is not None:
+            here = _loc(doc, rf.budgets_path, key=True)
+            if budgets_at is not None:
+                problems.append(
+                    doc.problem(
+                        rf.budgets_path,
+                        f"budgets are already defined in {budgets_at}; define them in one file only",
+                        key=True,
+                    )
+                )
+            else:
+                budgets_at = here
+                budgets = rf.budgets
+
+    rules: list[Rule] = []
+    for eff in sorted(effective.values(), key=lambda e: e.order):
+        rule = _build_rule(eff, problems)
+        if rule is not None:
+            rules.append(rule)
+    if problems:
+        file_rank = {str(p): i for i, p in enumerate(files)}
+        problems.sort(key=lambda p: (file_rank.get(p.file, -1), p.line, p.col))
+        raise ConfigError(problems)
+    return PolicySet.from_rules(rules, budgets or Budgets(), [str(p) for p in files])

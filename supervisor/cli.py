@@ -1,0 +1,151 @@
+"""The `ftsup` command line.
+
+    ftsup run -c CONFIG [--mode observe|act]     supervise a job (real AWS or any endpoint)
+    ftsup demo [--workdir DIR]                   the whole product locally, on embedded defaults
+    ftsup classify --jsonl IN [-p POLICIES]      offline classification, one JSON verdict per window
+    ftsup policy check PATH...                   validate policy files; every problem, file:line:col
+    ftsup policy explain LINE [-p POLICIES]      which rules match a line, and which wins
+    ftsup config check CONFIG                    validate a daemon config file
+    ftsup timeline [--json] (-c CONFIG | --journal DB) [--job NAME]
+
+Exit codes: 0 ok, 1 a check failed, 2 bad input (config, policy, arguments), 3 the job halted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from supervisor.errors import ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ftsup", description="Fault-tolerant training supervisor.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="supervise a job described by a config file")
+    run.add_argument("-c", "--config", required=True, type=Path)
+    run.add_argument("--mode", choices=["observe", "act"], help="override the config's mode")
+
+    demo = sub.add_parser("demo", help="run the local end-to-end demo (no AWS account needed)")
+    demo.add_argument("--workdir", type=Path, help="where to keep the run (default demo-run/<time>)")
+
+    classify = sub.add_parser("classify", help="classify saved log windows offline")
+    classify.add_argument("--jsonl", required=True, help="input file of {id, lines} objects, or - for stdin")
+    classify.add_argument(
+        "-p", "--policies", action="append", type=Path, help="policy file or dir (repeatable)"
+    )
+
+    policy = sub.add_parser("policy", help="policy tooling")
+    psub = policy.add_subparsers(dest="policy_command", required=True)
+    check = psub.add_parser("check", help="validate policy files or directories")
+    check.add_argument("paths", nargs="+", type=Path)
+    explain = psub.add_parser("explain", help="show which rules match a log line")
+    explain.add_argument("line")
+    explain.add_argument("-p", "--policies", action="append", type=Path)
+
+    config = sub.add_parser("config", help="config tooling")
+    csub = config.add_subparsers(dest="config_command", required=True)
+    ccheck = csub.add_parser("check", help="validate a daemon config file (and the policies it names)")
+    ccheck.add_argument("config", type=Path)
+
+    timeline = sub.add_parser("timeline", help="print the job's incidents in order")
+    where = timeline.add_mutually_exclusive_group(required=True)
+    where.add_argument("-c", "--config", type=Path)
+    where.add_argument("--journal", type=Path)
+    timeline.add_argument("--job")
+    timeline.add_argument("--json", action="store_true")
+    return p
+
+
+def _policy_paths(given: list[Path] | None) -> list[Path]:
+    from supervisor.config import default_policy_dir
+
+    return given or [default_policy_dir()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from supervisor.logs import configure_logging
+
+    if args.command == "classify":
+        from supervisor.classify.offline import classify_jsonl
+        from supervisor.classify.policy import load_policies
+
+        policy = load_policies(_policy_paths(args.policies))
+        if args.jsonl == "-":
+            return classify_jsonl(sys.stdin, sys.stdout, policy)
+        with open(args.jsonl, encoding="utf-8", errors="replace") as inp:
+            return classify_jsonl(inp, sys.stdout, policy)
+
+    if args.command == "policy":
+        from supervisor.classify import commands
+
+        if args.policy_command == "check":
+            return commands.policy_check([str(p) for p in args.paths], sys.stdout)
+        return commands.explain(args.line, [str(p) for p in _policy_paths(args.policies)], sys.stdout)
+
+    if args.command == "config":
+        from supervisor.classify.policy import load_policies
+        from supervisor.config import load_config
+
+        cfg = load_config(args.config)
+        policy = load_policies([Path(p) for p in cfg.policies])
+        print(f"ok: {args.config} (job {cfg.job.name}, mode {cfg.mode}, {len(policy.rules)} rules)")
+        return 0
+
+    if args.command == "timeline":
+        from supervisor.journal import Journal
+        from supervisor.report.timeline import build_timeline, render_json, render_text
+
+        job = args.job
+        if args.config is not None:
+            from supervisor.config import load_config
+
+            cfg = load_config(args.config)
+            path = Path(cfg.journal.path)
+            job = job or cfg.job.name
+        else:
+            path = args.journal
+        if not path.exists():
+            print(f"{path}: no journal here", file=sys.stderr)
+            return 2
+        journal = Journal(path)
+        try:
+            entries = build_timeline(journal, job)
+        finally:
+            journal.close()
+        print(render_json(entries) if args.json else render_text(entries))
+        return 0
+
+    if args.command == "demo":
+        from supervisor.demo import run_demo
+
+        configure_logging("console", "warning")
+        return run_demo(workdir=args.workdir)
+
+    if args.command == "run":
+        from supervisor.config import load_config
+        from supervisor.daemon import build, run_forever
+        from supervisor.vocabulary import Mode
+
+        cfg = load_config(args.config)  # a bad config exits 2 here, before anything starts
+        configure_logging(cfg.logging.format, cfg.logging.level)
+        daemon = build(cfg, mode=Mode(args.mode) if args.mode else None)
+        return run_forever(daemon)
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

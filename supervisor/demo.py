@@ -1,0 +1,179 @@
+"""`ftsup demo`: the whole product on this machine, on embedded defaults, no AWS account.
+
+It starts a CloudWatch-compatible endpoint (moto's server on a free 127.0.0.1 port), launches
+a 2-node FSDP job with 1 spare through the local actuator, and injects three real faults in
+turn, checking that each is classified and handled as expected:
+
+1. a collective timeout (a rank stops taking part)  -> restart from the last checkpoint
+2. Xid 79 on a node (GPU fallen off the bus)         -> cordon the node, restart on the spare
+3. a code bug (a Python exception in user code)     -> halt and page
+
+The daemon is the production one (`daemon.build` from a config file), acting on what it reads
+back from CloudWatch Logs and Metrics over HTTP. Exit 0 only when every expectation held.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from supervisor.config import load_config
+from supervisor.daemon import Daemon, build
+from supervisor.engine import Handled, Snapshot
+from supervisor.journal import Journal
+from supervisor.local_cloudwatch import EmbeddedCloudWatch
+from supervisor.report.timeline import build_timeline, render_text
+from supervisor.vocabulary import Verdict
+
+DEMO_CONFIG = Path(__file__).resolve().parent / "defaults" / "demo.yaml"
+
+
+@dataclass(frozen=True)
+class FaultStep:
+    title: str
+    kind: str  # a trainer fault kind (trainer/faults.py)
+    node_index: int  # which current member gets the fault
+    expect: Verdict
+
+
+SCENARIO = (
+    FaultStep("collective timeout: rank on {node} stops taking part in collectives", "collective_timeout", 1,
+              Verdict.RESTART),
+    FaultStep("Xid 79 on {node}: GPU has fallen off the bus", "xid79", 1, Verdict.CORDON_AND_RESTART),
+    FaultStep("code bug: KeyError raised in user code on {node}", "code_bug", 0, Verdict.HALT),
+)  # fmt: skip
+
+
+class DemoFailed(Exception):
+    pass
+
+
+def inject(run_dir: Path, fault_id: str, kind: str, node: str, attempt: int) -> None:
+    """Write a fault request the trainer's ranks pick up at their next step (atomically)."""
+    faults = run_dir / "faults"
+    faults.mkdir(parents=True, exist_ok=True)
+    body = {"id": fault_id, "kind": kind, "node": node, "rank": None, "at_step": None, "attempt": attempt}
+    tmp = faults / f".{fault_id}.tmp"
+    tmp.write_text(json.dumps(body))
+    os.replace(tmp, faults / f"{fault_id}.json")
+
+
+def wait_for(daemon: Daemon, what: str, done: Callable[[Snapshot], bool], timeout_s: float) -> Snapshot:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        snap = daemon.engine.snapshot()
+        if done(snap):
+            return snap
+        time.sleep(0.25)
+    raise DemoFailed(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def _training_past_checkpoint(ckpt_every: int) -> Callable[[Snapshot], bool]:
+    def check(s: Snapshot) -> bool:
+        start = s.resume_step or 0
+        return s.last_step is not None and s.last_step >= start + ckpt_every + 2 and not s.acting
+
+    return check
+
+
+def _handled_more_than(seen: int) -> Callable[[Snapshot], bool]:
+    def check(s: Snapshot) -> bool:
+        new = [h for h in s.handled[seen:] if h.decision.verdict is not Verdict.IGNORE]
+        return bool(new) and new[-1].result is not None and not s.acting
+
+    return check
+
+
+def run_demo(out: TextIO = sys.stdout, workdir: Path | None = None) -> int:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    run_root = (workdir or Path("demo-run") / stamp).resolve()
+    run_root.mkdir(parents=True, exist_ok=True)
+    config = load_config(DEMO_CONFIG).with_overrides(
+        run_dir=run_root / "job", journal_path=run_root / "ftsup.db", log_group=f"/ftsup/demo/{stamp}"
+    )
+    ckpt_every = config.trainer_checkpoint_every()
+
+    def say(msg: str) -> None:
+        print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", file=out, flush=True)
+
+    with EmbeddedCloudWatch(export_env=True) as cw:
+        say(f"CloudWatch-compatible endpoint (moto server) at {cw.endpoint_url}")
+        daemon = build(config, endpoint_override=cw.endpoint_url, env=cw.env())
+        say(f"run directory {run_root}; journal {config.journal.path}")
+        if daemon.metrics_port:
+            say(f"Prometheus metrics on http://127.0.0.1:{daemon.metrics_port}/metrics")
+        failures: list[str] = []
+        try:
+            daemon.start(launch=True)
+            snap = daemon.engine.snapshot()
+            spares = ", ".join(config.actuator.local.spares)
+            say(f"launched attempt {snap.attempt} on {', '.join(snap.nodes)} (spares: {spares})")
+            for i, step in enumerate(SCENARIO, start=1):
+                snap = wait_for(
+                    daemon, "training to pass a checkpoint", _training_past_checkpoint(ckpt_every), 240
+                )
+                node = snap.nodes[step.node_index]
+                say(f"training at step {snap.last_step} (attempt {snap.attempt}); injecting fault {i}: "
+                    + step.title.format(node=node))  # fmt: skip
+                seen = len(snap.handled)
+                inject(Path(config.actuator.local.run_dir), f"demo-{i}", step.kind, node, snap.attempt)
+                snap = wait_for(
+                    daemon, f"fault {i} to be detected and handled", _handled_more_than(seen), 240
+                )
+                handled = [h for h in snap.handled[seen:] if h.decision.verdict is not Verdict.IGNORE][-1]
+                failures += check_step(step, node, handled, say)
+                if step.expect is Verdict.HALT:
+                    break
+                snap = wait_for(
+                    daemon,
+                    f"training to resume after fault {i}",
+                    lambda s: (
+                        s.resume_step is not None and s.last_step is not None and s.last_step > s.resume_step
+                    ),
+                    240,
+                )
+                if not snap.resume_step:
+                    failures.append(f"fault {i}: attempt {snap.attempt} did not resume from a checkpoint")
+                say(f"attempt {snap.attempt} on {', '.join(snap.nodes)} resumed from the checkpoint of step "
+                    f"{snap.resume_step}; now at step {snap.last_step}")  # fmt: skip
+                if step.expect is Verdict.CORDON_AND_RESTART and node in snap.nodes:
+                    failures.append(f"fault {i}: {node} is still a member after being cordoned")
+        except DemoFailed as exc:
+            failures.append(str(exc))
+        finally:
+            daemon.shutdown(stop_job=True)
+        print("", file=out)
+        print(render_text(build_timeline(_reopen(config.journal.path), config.job.name)), file=out)
+        if failures:
+            say("FAILED:\n  - " + "\n  - ".join(failures))
+            return 1
+        say("all three faults were classified and handled as expected; training resumed from a checkpoint "
+            "after each recoverable fault")  # fmt: skip
+        return 0
+
+
+def check_step(step: FaultStep, node: str, handled: Handled, say: Callable[[str], None]) -> list[str]:
+    d, inc, r = handled.decision, handled.incident, handled.result
+    root = inc.root_cause
+    say(f"  incident {inc.incident_id}: root cause {root.rule} on {root.node} ({len(inc.signals)} signals)")
+    say(f"  decision: {d.verdict.value} - {d.reason}")
+    if r is not None:
+        say(f"  action {'succeeded' if r.ok else 'FAILED'}: {r.detail}")
+    problems = []
+    if d.verdict is not step.expect:
+        problems.append(f"{step.kind}: expected {step.expect.value}, got {d.verdict.value} ({d.reason})")
+    if step.expect is Verdict.CORDON_AND_RESTART and d.node != node:
+        problems.append(f"{step.kind}: expected {node} to be cordoned, got {d.node}")
+    if r is None or not r.ok:
+        problems.append(f"{step.kind}: action did not succeed: {r.detail if r else 'no result'}")
+    return problems
+
+
+def _reopen(path: str | Path) -> Journal:
+    return Journal(Path(path))

@@ -1,0 +1,522 @@
+"""The engine: one thread that owns the job state and the journal.
+
+    source threads --SourceBatch--> queue --> engine thread --Action--> action thread
+                                               ^                             |
+                                               +-------- ActionResult -------+
+
+Per batch: classify log lines and metric samples into signals, read training progress, fold
+signals into incidents; per tick: evaluate time-based metric rules, decide ready incidents,
+journal, alert, and hand actions to the action thread. The engine never blocks on I/O other
+than its own journal; sources and actions run on their own threads with their own timeouts.
+
+Seam rules (see README, "Architecture"):
+- a source's cursor is persisted only when no incident is still gathering signals, and after
+  the decisions of everything read before it are journaled: a crash re-reads, never skips;
+- an action's intent is journaled before the actuator is called, its result after;
+- lines of a replaced attempt (event time before the current launch) are never a new incident;
+- while a source is blind, rules that need it (absence, stalls) do not fire.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import re2
+import structlog
+
+from supervisor.act.base import Actuator
+from supervisor.alert.base import AlertSink
+from supervisor.alert.build import build_alert, resolve_alert
+from supervisor.classify.matcher import LogClassifier
+from supervisor.classify.metric_rules import MetricWatch
+from supervisor.classify.policy import PolicySet
+from supervisor.config import ProgressPatterns
+from supervisor.decide.decide import JobState, Limits, decide
+from supervisor.incidents.correlate import Correlator
+from supervisor.journal import Journal
+from supervisor.report.metrics import SupervisorMetrics
+from supervisor.sources.base import Source
+from supervisor.vocabulary import (
+    Action,
+    ActionResult,
+    Alert,
+    Cursor,
+    Decision,
+    Incident,
+    LogEvent,
+    Mode,
+    Signal,
+    SourceBatch,
+    SourceHealth,
+    Verdict,
+)
+
+log = structlog.get_logger("ftsup.engine")
+
+
+@dataclass(frozen=True)
+class Handled:
+    """One incident and what became of it (for snapshots, the demo and tests)."""
+
+    incident: Incident
+    decision: Decision
+    result: ActionResult | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    job: str
+    attempt: int
+    nodes: tuple[str, ...]
+    launched_at: float | None
+    resume_step: int | None
+    first_step_at: float | None
+    last_step: int | None
+    halted: bool
+    acting: bool
+    degraded: tuple[str, ...]  # sources currently blind
+    handled: tuple[Handled, ...]
+
+
+@dataclass
+class _Progress:
+    resume_step: int | None = None
+    first_step_at: float | None = None
+    last_step: int | None = None
+    last_step_at: float | None = None
+
+
+@dataclass
+class _State:
+    job: JobState
+    launched_at: float | None = None
+    acting: bool = False
+    hold_until: float = 0.0  # observe mode: fold follow-up lines into the last incident until then
+    progress: _Progress = field(default_factory=_Progress)
+    handled: dict[str, Handled] = field(default_factory=dict)
+    open_alerts: dict[str, Alert] = field(default_factory=dict)
+    blind: set[str] = field(default_factory=set)
+
+
+def limits_from(policy: PolicySet) -> Limits:
+    b = policy.budgets
+    return Limits(
+        restart_max=b.restart.max,
+        restart_within_s=b.restart.within_s,
+        backoff_s=b.restart.backoff_s,
+        backoff_max_s=b.restart.backoff_max_s,
+        cordon_max_nodes=b.cordon.max_nodes,
+        cordon_within_s=b.cordon.within_s,
+        cordon_max_fraction=b.cordon.max_fraction,
+    )
+
+
+class Engine:
+    """Owns the state of one supervised job. See the module docstring for the flow."""
+
+    def __init__(
+        self,
+        *,
+        job: str,
+        policy: PolicySet,
+        journal: Journal,
+        actuator: Actuator | None,
+        mode: Mode,
+        settle_s: float = 5.0,
+        progress: ProgressPatterns | None = None,
+        sinks: Sequence[AlertSink] = (),
+        metrics: SupervisorMetrics | None = None,
+        clock: Callable[[], float] = time.time,
+        observe_hold_s: float = 60.0,
+        tick_s: float = 0.25,
+    ) -> None:
+        self.job = job
+        self.policy = policy
+        self.journal = journal
+        self.actuator = actuator
+        self.mode = mode
+        self.sinks = list(sinks)
+        self.metrics = metrics
+        self.clock = clock
+        self.limits = limits_from(policy)
+        self.classifier = LogClassifier(policy.log_rules)
+        self.watch = MetricWatch(policy.metric_rules)
+        self.correlator = Correlator(job, settle_s)
+        patterns = progress or ProgressPatterns()
+        self._step_re = re2.compile(patterns.step) if patterns.step else None
+        self._resume_re = re2.compile(patterns.resume) if patterns.resume else None
+        self._observe_hold_s = observe_hold_s
+        self._tick_s = tick_s
+        self._inbox: queue.Queue[SourceBatch | tuple[Action, ActionResult]] = queue.Queue(maxsize=1000)
+        self._actions: queue.Queue[Action | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._sources: list[tuple[Source, float]] = []
+        self._held_cursors: dict[str, Cursor] = {}
+        self._lock = threading.Lock()  # guards _state for snapshot() readers
+        observed = actuator.observe() if actuator is not None else None
+        self._state = _State(
+            job=JobState(
+                job=job,
+                attempt=max(observed.attempt, 0) if observed else 0,
+                nodes=observed.nodes if observed else (),
+                spares=observed.spares if observed else (),
+                cordoned=observed.cordoned if observed else (),
+            )
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def add_source(self, source: Source, poll_interval_s: float) -> None:
+        """Register a source; its saved cursor (if any) is restored before the first poll."""
+        saved = self.journal.load_cursor(source.name)
+        if saved is not None:
+            source.restore(saved)
+        self._sources.append((source, poll_interval_s))
+
+    def current_nodes(self) -> tuple[str, ...]:
+        """The job's current members (read by the metrics source from its own thread)."""
+        return self._state.job.nodes
+
+    def launch(self) -> ActionResult:
+        """Start the job through the actuator (attempt 0) and record the attempt."""
+        if self.actuator is None:
+            raise RuntimeError("no actuator configured: nothing to launch")
+        result = self.actuator.launch()
+        self._after_relaunch(result, cause=None)
+        return result
+
+    def start(self) -> None:
+        """Start source threads, the action thread and the engine thread."""
+        self.reconcile()
+        for source, interval in self._sources:
+            self._spawn(f"source-{source.name}", self._poll_loop, source, interval)
+        self._spawn("actions", self._action_loop)
+        self._spawn("engine", self._engine_loop)
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        self._stop.set()
+        self._actions.put(None)
+        for t in self._threads:
+            t.join(timeout=timeout_s)
+        for sink in self.sinks:
+            sink.close()
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
+        t = threading.Thread(target=target, args=args, name=f"ftsup-{name}", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def reconcile(self) -> None:
+        """Intents journaled without a result (the daemon died mid-action) are settled by looking
+        at the target, never by blindly retrying."""
+        for action in self.journal.pending_intents():
+            seen = self.actuator.observe() if self.actuator is not None else None
+            now = self.clock()
+            detail = "daemon restarted before the result was journaled; "
+            detail += (
+                f"observed attempt {seen.attempt} running={seen.running} on {', '.join(seen.nodes)}"
+                if seen
+                else "no actuator to observe; not retried"
+            )
+            self.journal.add_result(
+                ActionResult(action.idempotency_key, ok=False, detail=detail, started_at=now, finished_at=now)
+            )
+            log.warning("intent reconciled", key=action.idempotency_key, detail=detail)
+
+    # ------------------------------------------------------------------ threads
+
+    def _poll_loop(self, source: Source, interval: float) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                batch = source.poll()
+            except Exception as exc:  # a source must not raise; if it does, it is blind, not dead
+                log.exception("source raised", source=source.name)
+                health = SourceHealth(source.name, False, self.clock(), repr(exc))
+                batch = SourceBatch(source.name, (), (), None, health)
+            self._inbox.put(batch)
+            self._stop.wait(max(0.0, interval - (time.monotonic() - started)))
+
+    def _action_loop(self) -> None:
+        while True:
+            action = self._actions.get()
+            if action is None:
+                return
+            assert self.actuator is not None
+            try:
+                result = self.actuator.apply(action)
+            except Exception as exc:  # the actuator contract says it does not raise; be safe anyway
+                now = self.clock()
+                result = ActionResult(action.idempotency_key, False, f"actuator raised: {exc!r}", now, now)
+            self._inbox.put((action, result))
+
+    def _engine_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                item = self._inbox.get(timeout=self._tick_s)
+            except queue.Empty:
+                item = None
+            try:
+                if isinstance(item, SourceBatch):
+                    self.process_batch(item)
+                elif item is not None:
+                    self.complete_action(*item)
+                self.tick()
+            except Exception:
+                log.exception("engine iteration failed")
+
+    # ------------------------------------------------------------- the pipeline (tests drive it directly)
+
+    def process_batch(self, batch: SourceBatch) -> None:
+        now = self.clock()
+        self._note_health(batch)
+        if self.metrics is not None:
+            self.metrics.event_seen(batch.source, len(batch.logs) + len(batch.metrics))
+        if batch.logs or batch.metrics:
+            self.journal.count_events(batch.source, len(batch.logs) + len(batch.metrics))
+        signals: list[Signal] = []
+        for event in batch.logs:
+            if not self._current(event.timestamp):
+                continue
+            self._read_progress(event)
+            found = self.classifier.classify(event.node, event.text, event.timestamp, event_id=event.event_id)
+            if found is not None:
+                signals.append(found)
+        members = set(self._state.job.nodes)
+        for sample in batch.metrics:
+            if sample.node in members and self._current(sample.timestamp):
+                signals.extend(self.watch.observe(sample))
+        self._accept(signals, now)
+        if batch.cursor is not None:
+            self._held_cursors[batch.source] = batch.cursor
+            self._save_cursors_if_settled()
+
+    def tick(self) -> None:
+        now = self.clock()
+        metrics_up = "metrics" not in self._state.blind
+        if not self._state.acting and not self._state.job.halted:
+            self._accept(self.watch.evaluate(now, self._state.job.nodes, metrics_up), now)
+        for incident in self.correlator.ready(now):
+            self._decide(incident, now)
+        self._save_cursors_if_settled()
+
+    def _current(self, timestamp: float) -> bool:
+        """Lines from before the current launch belong to a replaced attempt."""
+        launched = self._state.launched_at
+        return launched is None or timestamp >= launched
+
+    def _accept(self, signals: Sequence[Signal], now: float) -> None:
+        fresh = [s for s in signals if not self.journal.signal_seen(s)]
+        if not fresh:
+            return
+        if self.metrics is not None:
+            for s in fresh:
+                self.metrics.signal(s.rule)
+        st = self._state
+        if st.job.halted or st.acting or now < st.hold_until:
+            log.info("signals folded into the incident being handled", count=len(fresh), rule=fresh[0].rule)
+            return
+        for incident in self.correlator.add(fresh, st.job.attempt, now):
+            self._decide(incident, now)
+
+    def _read_progress(self, event: LogEvent) -> None:
+        text = event.text
+        if '"event"' not in text:  # cheap prefilter: most lines are not progress lines
+            return
+        p = self._state.progress
+        m = self._step_re.search(text) if self._step_re is not None else None
+        if m is not None:
+            step = int(m.group("step"))
+            if p.first_step_at is None:
+                p.first_step_at = event.timestamp
+                self.journal.update_attempt(self.job, self._state.job.attempt, first_step_at=event.timestamp)
+                self._resolve_alerts(event.timestamp)
+            if p.last_step is None or step > p.last_step:
+                p.last_step, p.last_step_at = step, event.timestamp
+            return
+        m = self._resume_re.search(text) if self._resume_re is not None else None
+        if m is not None and p.resume_step is None:
+            p.resume_step = int(m.group("step"))
+            self.journal.update_attempt(self.job, self._state.job.attempt, resume_step=p.resume_step)
+
+    # ------------------------------------------------------------------ decide and act
+
+    def _decide(self, incident: Incident, now: float) -> None:
+        if self.journal.has_incident(incident.incident_id):
+            log.info("incident already decided before a restart of the daemon", incident=incident.incident_id)
+            return
+        decision = decide(self._state.job, incident, self.limits, now)
+        acting = (
+            self.mode is Mode.ACT and self.actuator is not None and decision.verdict is not Verdict.IGNORE
+        )
+        action = None
+        plan: list[str] = []
+        if acting:
+            action = Action(
+                kind=decision.verdict,
+                job=self.job,
+                incident_id=incident.incident_id,
+                idempotency_key=f"{incident.incident_id}:{decision.verdict.value}",
+                node=decision.node,
+                delay_s=decision.delay_s,
+                reason=decision.reason,
+            )
+            assert self.actuator is not None
+            plan = self.actuator.plan(action)
+        with self.journal.transaction():
+            self.journal.add_signals(self.job, incident.attempt, incident.signals)
+            self.journal.add_incident(incident)
+            self.journal.add_decision(decision, self.mode)
+            self._update_last_progress()
+            if action is not None:
+                self.journal.add_intent(action, plan)
+        root = incident.root_cause
+        log.info(
+            "incident decided",
+            incident=incident.incident_id,
+            rule=root.rule,
+            node=root.node,
+            verdict=decision.verdict.value,
+            mode=self.mode.value,
+            reason=decision.reason,
+            evidence=root.evidence[:300],
+            plan=plan,
+        )
+        if self.metrics is not None:
+            self.metrics.incident(decision.verdict.value)
+            self.metrics.decision(decision.verdict.value, self.mode.value)
+            self.metrics.detection_latency(max(0.0, now - root.timestamp))
+        with self._lock:
+            self._state.handled[incident.incident_id] = Handled(incident, decision)
+        if action is not None:
+            self._state.acting = True
+            self._actions.put(action)
+        else:
+            if decision.verdict is not Verdict.IGNORE:
+                self._state.hold_until = now + self._observe_hold_s
+            self._alert(incident, decision, None, now)
+
+    def complete_action(self, action: Action, result: ActionResult) -> None:
+        """An action finished: journal its result, adopt the job's new shape, alert."""
+        now = self.clock()
+        self.journal.add_result(result)
+        if self.metrics is not None:
+            self.metrics.action(action.kind.value, result.ok)
+        handled = self._state.handled.get(action.incident_id)
+        log.info("action finished", key=action.idempotency_key, ok=result.ok, detail=result.detail)
+        with self._lock:
+            if handled is not None:
+                self._state.handled[action.incident_id] = replace(handled, result=result)
+            self._state.acting = False
+            job = self._state.job
+            if action.kind is Verdict.HALT and result.ok:
+                self._state.job = replace(job, halted=True)
+            elif action.kind is Verdict.CORDON_AND_RESTART and result.ok and action.node:
+                self._state.job = replace(job, cordons=(*job.cordons, now))
+        if action.kind is not Verdict.HALT and result.ok and result.attempt is not None:
+            self._after_relaunch(result, cause=action.incident_id)
+        elif self.actuator is not None and action.kind is not Verdict.HALT and not result.ok:
+            # The job may be down and nothing more will come from it: a human must look.
+            self._state.job = replace(self._state.job, halted=True)
+        if handled is not None:
+            self._alert(handled.incident, handled.decision, result, now)
+
+    def _after_relaunch(self, result: ActionResult, cause: str | None) -> None:
+        assert self.actuator is not None
+        seen = self.actuator.observe()
+        old = self._state.job
+        if cause is not None:
+            self.journal.update_attempt(self.job, old.attempt, ended_at=result.started_at, end_reason=cause)
+        with self._lock:
+            self._state.job = replace(
+                old,
+                attempt=seen.attempt,
+                nodes=seen.nodes,
+                spares=seen.spares,
+                cordoned=seen.cordoned,
+                restarts=(*old.restarts, result.finished_at) if cause is not None else old.restarts,
+            )
+            self._state.launched_at = seen.launched_at
+            self._state.progress = _Progress()
+        self.journal.add_attempt(
+            self.job, seen.attempt, seen.nodes, seen.launched_at or result.finished_at, cause
+        )
+        self.watch.reset(self.clock(), seen.nodes)
+        if self.metrics is not None:
+            self.metrics.attempt(self.job, seen.attempt)
+            self.metrics.budget_left(self.job, self.restart_budget_left())
+
+    def _update_last_progress(self) -> None:
+        p = self._state.progress
+        if p.last_step is not None:
+            self.journal.update_attempt(
+                self.job, self._state.job.attempt, last_step=p.last_step, last_step_at=p.last_step_at
+            )
+
+    def restart_budget_left(self) -> int:
+        now = self.clock()
+        used = sum(1 for t in self._state.job.restarts if now - t < self.limits.restart_within_s)
+        return max(0, self.limits.restart_max - used)
+
+    # ------------------------------------------------------------------ alerts, health, cursors
+
+    def _alert(self, incident: Incident, decision: Decision, result: ActionResult | None, now: float) -> None:
+        if decision.verdict is Verdict.IGNORE:
+            return
+        alert = build_alert(incident, decision, result, budget_left=self.restart_budget_left(), now=now)
+        if decision.verdict is not Verdict.HALT and (result is None or result.ok):
+            self._state.open_alerts[incident.incident_id] = alert
+        for sink in self.sinks:
+            sink.send(alert)
+
+    def _resolve_alerts(self, when: float) -> None:
+        """Training is stepping again in a new attempt: the incidents that led here are resolved."""
+        for incident_id, alert in list(self._state.open_alerts.items()):
+            for sink in self.sinks:
+                sink.send(resolve_alert(alert, when))
+            del self._state.open_alerts[incident_id]
+
+    def _note_health(self, batch: SourceBatch) -> None:
+        h = batch.health
+        was_blind = h.source in self._state.blind
+        if h.up and was_blind:
+            self._state.blind.discard(h.source)
+            log.info("source recovered", source=h.source)
+        elif not h.up and not was_blind:
+            self._state.blind.add(h.source)
+            log.warning("source blind: absence rules suspended", source=h.source, error=h.error)
+        if self.metrics is not None:
+            self.metrics.source_health(h.source, h.up, h.lag_s)
+
+    def _save_cursors_if_settled(self) -> None:
+        if self.correlator.pending() or not self._held_cursors:
+            return
+        with self.journal.transaction():
+            for cursor in self._held_cursors.values():
+                self.journal.save_cursor(cursor)
+        self._held_cursors.clear()
+
+    # ------------------------------------------------------------------ read side
+
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            st = self._state
+            return Snapshot(
+                job=self.job,
+                attempt=st.job.attempt,
+                nodes=st.job.nodes,
+                launched_at=st.launched_at,
+                resume_step=st.progress.resume_step,
+                first_step_at=st.progress.first_step_at,
+                last_step=st.progress.last_step,
+                halted=st.job.halted,
+                acting=st.acting,
+                degraded=tuple(sorted(st.blind)),
+                handled=tuple(st.handled.values()),
+            )
