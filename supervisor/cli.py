@@ -132,7 +132,6 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from supervisor.demo import run_demo
 
-        configure_logging("console", "warning")
         return run_demo(workdir=args.workdir)
 
     if args.command == "run":

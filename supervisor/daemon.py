@@ -22,6 +22,7 @@ from supervisor.act.base import Actuator
 from supervisor.act.local import LocalActuator, LocalJobSpec
 from supervisor.alert.base import AlertSink
 from supervisor.alert.sinks import LogAlertSink, WebhookAlertSink
+from supervisor.classify.exits import EXIT_RULE
 from supervisor.classify.policy import PolicySet, load_policies
 from supervisor.config import Config
 from supervisor.engine import Engine
@@ -119,7 +120,7 @@ def build(
     metrics = SupervisorMetrics(
         registry,
         sources=sources,
-        rules=[r.name for r in policy.rules],
+        rules=[*(r.name for r in policy.rules), EXIT_RULE],
         verdicts=[v.value for v in Verdict],
         sinks=(["log"] if config.alerts.log else [])
         + [f"webhook-{i}" for i in range(len(config.alerts.webhooks))],

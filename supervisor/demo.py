@@ -23,11 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from supervisor.config import load_config
+from supervisor.config import Config, load_config
 from supervisor.daemon import Daemon, build
 from supervisor.engine import Handled, Snapshot
 from supervisor.journal import Journal
 from supervisor.local_cloudwatch import EmbeddedCloudWatch
+from supervisor.logs import configure_logging
 from supervisor.report.timeline import build_timeline, render_text
 from supervisor.vocabulary import Verdict
 
@@ -102,10 +103,20 @@ def run_demo(out: TextIO = sys.stdout, workdir: Path | None = None) -> int:
     def say(msg: str) -> None:
         print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", file=out, flush=True)
 
+    # The daemon's own structured log (JSON lines) goes to a file; the terminal gets the story.
+    daemon_log = open(run_root / "ftsup.log", "a", encoding="utf-8")  # noqa: SIM115 - closed below
+    configure_logging("json", "info", stream=daemon_log)
+    try:
+        return _run(config, run_root, ckpt_every, say, out)
+    finally:
+        daemon_log.close()
+
+
+def _run(config: Config, run_root: Path, ckpt_every: int, say: Callable[[str], None], out: TextIO) -> int:
     with EmbeddedCloudWatch(export_env=True) as cw:
         say(f"CloudWatch-compatible endpoint (moto server) at {cw.endpoint_url}")
         daemon = build(config, endpoint_override=cw.endpoint_url, env=cw.env())
-        say(f"run directory {run_root}; journal {config.journal.path}")
+        say(f"run directory {run_root}; journal {config.journal.path}; daemon log {run_root / 'ftsup.log'}")
         if daemon.metrics_port:
             say(f"Prometheus metrics on http://127.0.0.1:{daemon.metrics_port}/metrics")
         failures: list[str] = []

@@ -32,6 +32,7 @@ import structlog
 from supervisor.act.base import Actuator
 from supervisor.alert.base import AlertSink
 from supervisor.alert.build import build_alert, resolve_alert
+from supervisor.classify.exits import exit_signal
 from supervisor.classify.matcher import LogClassifier
 from supervisor.classify.metric_rules import MetricWatch
 from supervisor.classify.policy import PolicySet
@@ -101,6 +102,8 @@ class _State:
     handled: dict[str, Handled] = field(default_factory=dict)
     open_alerts: dict[str, Alert] = field(default_factory=dict)
     blind: set[str] = field(default_factory=set)
+    exit_reported: int = -1  # the attempt whose failed exit was already turned into a signal
+    exit_checked_at: float = 0.0
 
 
 def limits_from(policy: PolicySet) -> Limits:
@@ -302,9 +305,24 @@ class Engine:
         metrics_up = "metrics" not in self._state.blind
         if not self._state.acting and not self._state.job.halted:
             self._accept(self.watch.evaluate(now, self._state.job.nodes, metrics_up), now)
+            self._check_exits(now)
         for incident in self.correlator.ready(now):
             self._decide(incident, now)
         self._save_cursors_if_settled()
+
+    def _check_exits(self, now: float, every_s: float = 1.0) -> None:
+        """Turn a failed exit of the current attempt's processes into a signal, once per attempt."""
+        st = self._state
+        if self.actuator is None or now - st.exit_checked_at < every_s or st.exit_reported == st.job.attempt:
+            return
+        st.exit_checked_at = now
+        seen = self.actuator.observe()
+        if seen.attempt != st.job.attempt:
+            return
+        found = exit_signal(self.job, seen.attempt, seen.exit_codes, now)
+        if found is not None:
+            st.exit_reported = seen.attempt
+            self._accept([found], now)
 
     def _current(self, timestamp: float) -> bool:
         """Lines from before the current launch belong to a replaced attempt."""

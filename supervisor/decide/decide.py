@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from supervisor.vocabulary import Decision, Incident, Verdict
+from supervisor.vocabulary import Decision, Incident, Scope, Verdict
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +116,21 @@ def decide(state: JobState, incident: Incident, limits: Limits, now: float) -> D
             Verdict.HALT,
             f"cordon budget exhausted: {cordoned_recently} of {allowed} allowed within "
             f"{limits.cordon_within_s:g}s; many bad nodes suggest a shared cause",
+        )
+    # Several nodes reporting hardware faults in one incident points at something they share
+    # (network, filesystem, a bad driver roll-out, a dead metrics pipeline): page, don't cordon them all.
+    implicated = sorted(
+        {
+            s.node
+            for s in incident.signals
+            if s.scope is Scope.NODE and s.verdict is Verdict.CORDON_AND_RESTART
+        }
+    )
+    if len(implicated) > allowed - cordoned_recently:
+        return made(
+            Verdict.HALT,
+            f"{len(implicated)} nodes report node faults at once ({', '.join(implicated)}); "
+            "suspect a shared cause rather than cordon them all",
         )
     if not state.spares:
         return made(Verdict.HALT, f"{root.rule} on {node}, but no spare node can take its place")

@@ -93,3 +93,18 @@ def test_unknown_node_is_not_cordoned_blindly() -> None:
 def test_halted_job_and_old_attempts_are_ignored() -> None:
     assert decide(state(halted=True), incident(code_bug()), LIMITS, T0).verdict is Verdict.IGNORE
     assert decide(state(attempt=2), incident(signal(), attempt=1), LIMITS, T0).verdict is Verdict.IGNORE
+
+
+def test_node_faults_on_several_nodes_at_once_suspect_a_shared_cause() -> None:
+    s = state(nodes=tuple(f"node-{i}" for i in range(4)))
+    d = decide(s, incident(xid79("node-1"), xid79("node-2", at=0.5)), LIMITS, T0)
+    assert d.verdict is Verdict.HALT
+    assert "shared cause" in d.reason
+    assert d.page
+
+
+def test_one_node_fault_among_symptoms_elsewhere_is_still_cordoned() -> None:
+    s = state(nodes=tuple(f"node-{i}" for i in range(4)))
+    d = decide(s, incident(signal(node="node-0"), signal(node="node-2"), xid79("node-1")), LIMITS, T0)
+    assert d.verdict is Verdict.CORDON_AND_RESTART
+    assert d.node == "node-1"

@@ -1,0 +1,103 @@
+"""The `ftsup` command line as a user runs it: a real subprocess, real files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "fault_logs"
+
+
+def ftsup(*args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "supervisor", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
+
+
+def test_run_with_a_malformed_config_exits_2_naming_file_line_and_field_and_starts_nothing(
+    tmp_path: Path,
+) -> None:
+    bad = tmp_path / "ftsup.yaml"
+    bad.write_text(
+        "job:\n"
+        "  name: demo\n"
+        "  log_group: /ftsup/jobs/demo\n"
+        "mode: act\n"
+        "sources:\n"
+        "  logs: {poll_interval_s: -1}\n"
+        "actuator:\n"
+        "  kind: local\n"
+        "  local: {nodes: [node-0, 'node;rm -rf /'], run_dir: job}\n"
+        "journal: {path: ftsup.db}\n"
+    )
+    result = ftsup("run", "-c", str(bad), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert f"{bad}:6:" in result.stderr and "sources.logs.poll_interval_s" in result.stderr
+    assert f"{bad}:9:" in result.stderr and "actuator.local.nodes[1]" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "ftsup.db").exists()  # nothing was started or written
+    assert not (tmp_path / "job").exists()
+
+
+def test_run_with_a_broken_policy_exits_2_naming_the_policy_file(tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "site.yaml").write_text(
+        "rules:\n"
+        "  - name: bad-regex\n"
+        "    match: {log: 'Xid (79'}\n"
+        "    signal: gpu.xid\n"
+        "    class: non_recoverable\n"
+        "    scope: node\n"
+        "    action: cordon_and_restart\n"
+        "    severity: critical\n"
+        "    examples: {match: ['Xid (79']}\n"
+    )
+    config = tmp_path / "ftsup.yaml"
+    config.write_text("job: {name: demo, log_group: /g}\npolicies: [policies]\njournal: {path: ftsup.db}\n")
+    result = ftsup("run", "-c", str(config), cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "site.yaml:3:" in result.stderr and "rules[0].match.log" in result.stderr
+    assert not (tmp_path / "ftsup.db").exists()
+
+
+def test_policy_check_accepts_the_shipped_packs() -> None:
+    result = ftsup("policy", "check", str(Path(__file__).resolve().parents[2] / "policies"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("ok:")
+
+
+def test_classify_follows_the_output_contract_on_real_trainer_logs() -> None:
+    windows = []
+    for kind in ("collective_timeout", "xid79", "code_bug", "sigkill"):
+        lines = []
+        for node in ("node-0", "node-1"):
+            lines += (DATA / f"{kind}.{node}.log").read_text().splitlines()
+        windows.append({"id": kind, "lines": lines})
+    windows.append({"id": "healthy", "lines": ['{"ts": 1.0, "event": "step", "step": 3, "loss": 5.1}']})
+    stdin = "".join(json.dumps(w) + "\n" for w in windows)
+    result = ftsup("classify", "--jsonl", "-", stdin=stdin)
+    assert result.returncode == 0, result.stderr
+    out = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [o["id"] for o in out] == [w["id"] for w in windows]
+    for o in out:
+        assert set(o) == {"id", "action", "scope", "recoverable", "rule", "root_cause_line"}
+    by_id = {o["id"]: o for o in out}
+    assert by_id["collective_timeout"]["action"] == "restart"
+    assert by_id["xid79"]["action"] == "cordon_and_restart" and by_id["xid79"]["scope"] == "node"
+    assert by_id["code_bug"]["action"] == "halt" and by_id["code_bug"]["recoverable"] is False
+    assert by_id["sigkill"]["action"] == "restart"
+    assert by_id["healthy"] == {
+        "id": "healthy", "action": "ignore", "scope": "none", "recoverable": True, "rule": None,
+        "root_cause_line": None,
+    }  # fmt: skip
+    xid_lines = windows[1]["lines"]
+    assert "Xid" in xid_lines[by_id["xid79"]["root_cause_line"]]
+    assert "KeyError" in windows[2]["lines"][by_id["code_bug"]["root_cause_line"]]

@@ -1,0 +1,160 @@
+"""The real path, end to end: trainer (torchrun, FSDP2, gloo) -> watchtower -> moto server over HTTP ->
+CloudWatch sources -> classify -> incidents -> decide -> local actuator -> journal -> timeline.
+
+Each test launches a real 2-node job and injects real faults; nothing in between is mocked.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from supervisor.daemon import Daemon, build
+from supervisor.demo import inject, run_demo, wait_for
+from supervisor.engine import Handled, Snapshot
+from supervisor.journal import Journal
+from supervisor.vocabulary import Verdict
+from tests.integration.support import write_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+
+def _past_checkpoint(s: Snapshot) -> bool:
+    return s.last_step is not None and s.last_step >= (s.resume_step or 0) + 7 and not s.acting
+
+
+def _resumed(s: Snapshot) -> bool:
+    return s.resume_step is not None and s.last_step is not None and s.last_step > s.resume_step
+
+
+def _fault_handled(seen: int) -> Callable[[Snapshot], bool]:
+    def check(s: Snapshot) -> bool:
+        new = [h for h in s.handled[seen:] if h.decision.verdict is not Verdict.IGNORE]
+        return bool(new) and new[-1].result is not None and not s.acting
+
+    return check
+
+
+def _inject_and_wait(
+    daemon: Daemon, run_dir: Path, fault_id: str, kind: str, node: str, timeout: float = 150
+) -> tuple[int, Handled]:
+    snap = wait_for(daemon, "training past a checkpoint", _past_checkpoint, 180)
+    seen, step_at_fault = len(snap.handled), snap.last_step or 0
+    inject(run_dir, fault_id, kind, node, snap.attempt)
+    snap = wait_for(daemon, f"{kind} to be handled", _fault_handled(seen), timeout)
+    handled = [h for h in snap.handled[seen:] if h.decision.verdict is not Verdict.IGNORE][-1]
+    return step_at_fault, handled
+
+
+def test_demo_scenario_restart_cordon_halt_and_the_journal_agrees(tmp_path: Path) -> None:
+    """`ftsup demo` itself: collective timeout -> restart, Xid 79 -> cordon + spare, code bug -> halt."""
+    out = io.StringIO()
+    code = run_demo(out=out, workdir=tmp_path)
+    text = out.getvalue()
+    assert code == 0, text
+
+    journal = Journal(tmp_path / "ftsup.db")
+    try:
+        incidents = [row.incident for row in journal.incidents()]
+        decisions = {row.decision.incident_id: row.decision for row in journal.decisions()}
+        actions = journal.actions()
+        attempts = journal.attempts()
+    finally:
+        journal.close()
+    verdicts = [decisions[i.incident_id].verdict for i in incidents]
+    assert verdicts == [Verdict.RESTART, Verdict.CORDON_AND_RESTART, Verdict.HALT]
+    assert [i.root_cause.rule for i in incidents] == [
+        "gloo-timeout",
+        "gpu-fallen-off-bus",
+        "python-exception",
+    ]
+    assert incidents[1].root_cause.node == "node-1"
+    assert "Xid" in incidents[1].root_cause.evidence
+    assert "KeyError" in incidents[2].root_cause.evidence
+    assert all(a.result is not None and a.result.ok for a in actions)
+    assert len(actions) == 3
+    # Every recoverable fault was followed by an attempt that resumed from a real checkpoint.
+    by_number = {a.attempt: a for a in attempts}
+    assert by_number[1].resume_step and by_number[1].resume_step > 0
+    assert by_number[2].resume_step and by_number[2].resume_step > 0
+    assert by_number[2].nodes == ("node-0", "node-2")  # the spare took node-1's place
+
+    timeline = subprocess.run(
+        [sys.executable, "-m", "supervisor", "timeline", "--journal", str(tmp_path / "ftsup.db"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    entries = json.loads(timeline.stdout)["incidents"]
+    assert [e["verdict"] for e in entries] == ["restart", "cordon_and_restart", "halt"]
+    assert entries[0]["time_lost_s"] is not None and entries[0]["time_lost_s"] > 0
+
+
+def test_sigkill_nan_and_hang_are_restarted_from_a_checkpoint(tmp_path: Path, moto_endpoint: str) -> None:
+    """A rank SIGKILLed (log: torchrun's summary), a NaN loss (metrics and logs), and a silent hang
+    (metrics only: the step stops advancing while the heartbeat goes on) each lead to a restart."""
+    overrides = "rules:\n  - name: no-step-progress\n    override: true\n    match: {stalled_for: 20s}\n"
+    config = write_config(tmp_path, moto_endpoint, overrides=overrides)
+    run_dir = Path(config.actuator.local.run_dir)
+    daemon = build(config)
+    try:
+        daemon.start(launch=True)
+        results = {}
+        for kind, node in (("sigkill", "node-1"), ("nan", "node-0"), ("hang", "*")):
+            step_at_fault, handled = _inject_and_wait(daemon, run_dir, f"t-{kind}", kind, node)
+            results[kind] = handled
+            assert handled.decision.verdict is Verdict.RESTART, (kind, handled.decision.reason)
+            assert handled.result is not None and handled.result.ok
+            snap = wait_for(daemon, f"resume after {kind}", _resumed, 150)
+            failed_attempt = next(a for a in daemon.journal.attempts() if a.attempt == snap.attempt - 1)
+            # Resumed from a real checkpoint (every 5 steps), no later than the last step before the fault.
+            assert snap.resume_step is not None and snap.resume_step > 0 and snap.resume_step % 5 == 0
+            assert failed_attempt.last_step is not None and snap.resume_step <= failed_attempt.last_step
+            assert failed_attempt.last_step >= step_at_fault
+        # After the NaN the job went back to a checkpoint saved before the poisoning: losses are finite.
+        after_nan = snap.attempt - 1  # sigkill -> attempt 1, nan -> attempt 2, hang -> attempt 3
+        log = (run_dir / "nodes" / "node-0" / f"attempt-{after_nan}.log").read_text()
+        losses = [json.loads(line)["loss"] for line in log.splitlines() if '"event": "step"' in line]
+        assert losses and all(isinstance(v, float) for v in losses)
+        assert results["sigkill"].incident.root_cause.rule == "rank-sigkilled"
+        assert results["nan"].incident.root_cause.rule in {"loss-not-finite", "loss-not-finite-log"}
+        assert results["hang"].incident.root_cause.rule == "no-step-progress"
+        # Prometheus sees what happened.
+        assert daemon.metrics_port
+        with urllib.request.urlopen(f"http://127.0.0.1:{daemon.metrics_port}/metrics", timeout=10) as r:
+            body = r.read().decode()
+        assert 'ftsup_actions_total{kind="restart",result="ok"} 3.0' in body
+        assert 'ftsup_source_up{source="logs"} 1.0' in body
+    finally:
+        daemon.shutdown(stop_job=True)
+
+
+def test_observe_mode_journals_the_decision_and_touches_nothing(tmp_path: Path, moto_endpoint: str) -> None:
+    config = write_config(tmp_path, moto_endpoint, mode="observe")
+    run_dir = Path(config.actuator.local.run_dir)
+    daemon = build(config)
+    try:
+        daemon.start(launch=True)
+        assert daemon.actuator is not None
+        launched = daemon.actuator.observe()
+        snap = wait_for(daemon, "training past a checkpoint", _past_checkpoint, 180)
+        inject(run_dir, "obs-1", "code_bug", "node-1", snap.attempt)
+        snap = wait_for(daemon, "the decision", lambda s: len(s.handled) >= 1, 120)
+        decision = snap.handled[0].decision
+        assert decision.verdict is Verdict.HALT and decision.page
+        assert snap.handled[0].result is None
+        seen = daemon.actuator.observe()
+        assert seen.attempt == launched.attempt  # nothing was relaunched
+        assert seen.nodes == launched.nodes
+        actions = daemon.journal.actions()
+        assert actions == []
+    finally:
+        daemon.shutdown(stop_job=True)
