@@ -284,6 +284,7 @@ class Engine:
         if batch.logs or batch.metrics:
             self.journal.count_events(batch.source, len(batch.logs) + len(batch.metrics))
         signals: list[Signal] = []
+        step_before = self._state.progress.last_step
         for event in batch.logs:
             if not self._current(event.timestamp):
                 continue
@@ -295,6 +296,8 @@ class Engine:
         for sample in batch.metrics:
             if sample.node in members and self._current(sample.timestamp):
                 signals.extend(self.watch.observe(sample))
+        if self._state.progress.last_step != step_before:
+            self._update_last_progress()  # one write per batch, so the journal knows how far training got
         self._accept(signals, now)
         if batch.cursor is not None:
             self._held_cursors[batch.source] = batch.cursor

@@ -27,6 +27,7 @@ def write_config(
     spares: tuple[str, ...] = ("node-2",),
     overrides: str | None = None,
     budgets: str = "budgets: {restart: {max: 5, within: 1h, backoff: 1s, backoff_max: 2s}}\n",
+    trainer_args: tuple[str, ...] = (),
 ) -> Config:
     """Write a real config file (and policy overlay) under `tmp` and load it with the real loader."""
     overlay = tmp / "site-policies"
@@ -52,7 +53,7 @@ def write_config(
                 "spares": list(spares),
                 "run_dir": "job",
                 "stop_grace_s": 5.0,
-                "trainer_args": FAST_TRAINER,
+                "trainer_args": [*FAST_TRAINER, *trainer_args],
             },
         },
         "journal": {"path": "ftsup.db"},

@@ -101,3 +101,24 @@ def test_classify_follows_the_output_contract_on_real_trainer_logs() -> None:
     xid_lines = windows[1]["lines"]
     assert "Xid" in xid_lines[by_id["xid79"]["root_cause_line"]]
     assert "KeyError" in windows[2]["lines"][by_id["code_bug"]["root_cause_line"]]
+
+
+def test_the_shipped_example_configs_load() -> None:
+    root = Path(__file__).resolve().parents[2]
+    for config in (root / "deploy" / "ftsup.example.yaml", root / "supervisor" / "defaults" / "demo.yaml"):
+        result = ftsup("config", "check", str(config))
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("ok:")
+
+
+def test_iam_documents_grant_exactly_the_calls_the_code_makes() -> None:
+    """Least privilege: the supervisor only reads (FilterLogEvents, GetMetricData)."""
+    root = Path(__file__).resolve().parents[2]
+    observe = json.loads((root / "deploy" / "iam" / "ftsup-observe.json").read_text())
+    granted = {a for st in observe["Statement"] for a in st["Action"]}
+    assert granted == {"logs:FilterLogEvents", "cloudwatch:GetMetricData"}
+    source = "\n".join(p.read_text() for p in (root / "supervisor").rglob("*.py"))
+    for call in ("filter_log_events", "get_metric_data"):
+        assert f"{call}(" in source
+    for forbidden in ("put_log_events(", "put_metric_data(", "create_log_group("):
+        assert forbidden not in source

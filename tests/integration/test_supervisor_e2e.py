@@ -158,3 +158,25 @@ def test_observe_mode_journals_the_decision_and_touches_nothing(tmp_path: Path, 
         assert actions == []
     finally:
         daemon.shutdown(stop_job=True)
+
+
+def test_ftsup_run_supervises_a_job_to_completion_and_exits_0(tmp_path: Path, moto_endpoint: str) -> None:
+    """`ftsup run -c CONFIG` as a process: launches the job, watches it, exits when it finishes."""
+    config = write_config(tmp_path, moto_endpoint, trainer_args=("--steps", "12"))
+    result = subprocess.run(
+        [sys.executable, "-m", "supervisor", "run", "-c", str(tmp_path / "ftsup.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert '"event": "job finished"' in result.stdout or "job finished" in result.stdout + result.stderr
+    journal = Journal(Path(config.journal.path))
+    try:
+        assert journal.incidents() == []
+        (attempt,) = journal.attempts()
+        assert attempt.last_step == 12 and attempt.first_step_at is not None
+        assert journal.events_seen("logs") > 0 and journal.events_seen("metrics") > 0
+    finally:
+        journal.close()
