@@ -10,11 +10,14 @@ import socket
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
 
 from supervisor.classify.policy import PolicySet, load_policies
 from supervisor.config import default_policy_dir
 from supervisor.engine import Engine
 from supervisor.journal import Journal
+from supervisor.report.metrics import SupervisorMetrics
 from supervisor.sources.aws import AwsSettings, make_client
 from supervisor.sources.cloudwatch_metrics import CloudWatchMetricsSource
 from supervisor.vocabulary import (
@@ -101,10 +104,15 @@ def policy() -> PolicySet:
 
 
 def make_engine(
-    tmp_path: Path, policy: PolicySet, clock: Clock, mode: Mode = Mode.ACT
+    tmp_path: Path,
+    policy: PolicySet,
+    clock: Clock,
+    mode: Mode = Mode.ACT,
+    metrics: SupervisorMetrics | None = None,
 ) -> tuple[Engine, RecordingActuator]:
     actuator = RecordingActuator(clock)
     engine = Engine(
+        metrics=metrics,
         job="job",
         policy=policy,
         journal=Journal(tmp_path / "journal.db"),
@@ -140,7 +148,9 @@ def test_blind_metrics_source_never_reads_as_a_dead_node(
     tmp_path: Path, policy: PolicySet, aws_env: None
 ) -> None:
     clock = Clock()
-    engine, actuator = make_engine(tmp_path, policy, clock)
+    registry = CollectorRegistry()
+    metrics = SupervisorMetrics(registry, sources=["logs", "metrics"], rules=[r.name for r in policy.rules])
+    engine, actuator = make_engine(tmp_path, policy, clock, metrics=metrics)
     settings = AwsSettings(
         endpoint_url=f"http://127.0.0.1:{closed_port()}", connect_timeout_s=0.5, read_timeout_s=0.5,
         max_attempts=2, retry_budget_s=1.0,
@@ -156,7 +166,11 @@ def test_blind_metrics_source_never_reads_as_a_dead_node(
     batch = source.poll()  # real boto3 over HTTP to a port nobody listens on
     assert not batch.health.up
     assert batch.health.error is not None and "connect" in batch.health.error.lower()
-    engine.process_batch(batch)
+    with capture_logs() as logged:
+        engine.process_batch(batch)
+    assert any(e["event"].startswith("source blind") and e["source"] == "metrics" for e in logged)
+    assert registry.get_sample_value("ftsup_source_up", {"source": "metrics"}) == 0
+    assert registry.get_sample_value("ftsup_degraded") == 1
     for _ in range(10):  # 10 minutes of blindness: far past no-heartbeat (60s) and no-step-progress (120s)
         clock.now += 60
         engine.tick()
@@ -179,6 +193,7 @@ def test_blind_metrics_source_never_reads_as_a_dead_node(
     engine.tick()
     clock.now += 5
     engine.tick()
+    assert registry.get_sample_value("ftsup_source_up", {"source": "metrics"}) == 1
     (handled,) = engine.snapshot().handled
     assert handled.incident.root_cause.rule == "no-heartbeat"
     assert {s.node for s in handled.incident.signals if s.rule == "no-heartbeat"} >= {"node-1"}
