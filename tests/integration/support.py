@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import threading
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -28,6 +32,7 @@ def write_config(
     overrides: str | None = None,
     budgets: str = "budgets: {restart: {max: 5, within: 1h, backoff: 1s, backoff_max: 2s}}\n",
     trainer_args: tuple[str, ...] = (),
+    webhook: str | None = None,
 ) -> Config:
     """Write a real config file (and policy overlay) under `tmp` and load it with the real loader."""
     overlay = tmp / "site-policies"
@@ -57,9 +62,36 @@ def write_config(
             },
         },
         "journal": {"path": "ftsup.db"},
-        "alerts": {"log": True},
+        "alerts": {"log": True, "webhooks": [{"url": webhook, "timeout_s": 5.0}] if webhook else []},
         "metrics_server": {"port": 0},
     }
     path = tmp / "ftsup.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return load_config(path)
+
+
+class WebhookReceiver:
+    """A real HTTP server on 127.0.0.1 that records the JSON bodies POSTed to it."""
+
+    def __init__(self) -> None:
+        received: list[dict[str, Any]] = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                received.append(json.loads(self.rfile.read(length)))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.received = received
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

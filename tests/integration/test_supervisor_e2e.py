@@ -21,7 +21,7 @@ from supervisor.demo import inject, run_demo, wait_for
 from supervisor.engine import Handled, Snapshot
 from supervisor.journal import Journal
 from supervisor.vocabulary import Verdict
-from tests.integration.support import write_config
+from tests.integration.support import WebhookReceiver, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -102,7 +102,8 @@ def test_sigkill_nan_and_hang_are_restarted_from_a_checkpoint(tmp_path: Path, mo
     """A rank SIGKILLed (log: torchrun's summary), a NaN loss (metrics and logs), and a silent hang
     (metrics only: the step stops advancing while the heartbeat goes on) each lead to a restart."""
     overrides = "rules:\n  - name: no-step-progress\n    override: true\n    match: {stalled_for: 20s}\n"
-    config = write_config(tmp_path, moto_endpoint, overrides=overrides)
+    receiver = WebhookReceiver()
+    config = write_config(tmp_path, moto_endpoint, overrides=overrides, webhook=receiver.url)
     run_dir = Path(config.actuator.local.run_dir)
     daemon = build(config)
     try:
@@ -135,6 +136,15 @@ def test_sigkill_nan_and_hang_are_restarted_from_a_checkpoint(tmp_path: Path, mo
         assert 'ftsup_source_up{source="logs"} 1.0' in body
     finally:
         daemon.shutdown(stop_job=True)
+        receiver.close()
+    # One firing alert per incident (not one per rank or per line), each resolved once training stepped again.
+    firing = [a for a in receiver.received if a["status"] == "firing"]
+    resolved = [a for a in receiver.received if a["status"] == "resolved"]
+    incident_ids = [h.incident.incident_id for h in results.values()]
+    assert [a["incident_id"] for a in firing] == incident_ids
+    assert sorted(a["incident_id"] for a in resolved) == sorted(incident_ids)
+    assert firing[0]["labels"]["rule"] == "rank-sigkilled" and firing[0]["labels"]["verdict"] == "restart"
+    assert firing[0]["evidence"] and "SIGKILL" in " ".join(firing[0]["evidence"])
 
 
 def test_observe_mode_journals_the_decision_and_touches_nothing(tmp_path: Path, moto_endpoint: str) -> None:
