@@ -55,11 +55,16 @@ class DemoFailed(Exception):
     pass
 
 
-def inject(run_dir: Path, fault_id: str, kind: str, node: str, attempt: int) -> None:
-    """Write a fault request the trainer's ranks pick up at their next step (atomically)."""
+def inject(
+    run_dir: Path, fault_id: str, kind: str, node: str, attempt: int, at_step: int | None = None
+) -> None:
+    """Write a fault request the trainer's ranks pick up at their next step, or at `at_step` (atomically).
+
+    A fault meant for several ranks at once (a job-wide hang) needs `at_step`: each rank checks for
+    requests at its own step boundary, so without it one rank could stall a step before another."""
     faults = run_dir / "faults"
     faults.mkdir(parents=True, exist_ok=True)
-    body = {"id": fault_id, "kind": kind, "node": node, "rank": None, "at_step": None, "attempt": attempt}
+    body = {"id": fault_id, "kind": kind, "node": node, "rank": None, "at_step": at_step, "attempt": attempt}
     tmp = faults / f".{fault_id}.tmp"
     tmp.write_text(json.dumps(body))
     os.replace(tmp, faults / f"{fault_id}.json")

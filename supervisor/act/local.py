@@ -261,13 +261,14 @@ class LocalActuator:
             directory = self.node_dir(node)
             directory.mkdir(parents=True, exist_ok=True)
             self.kmsg_path(node).touch()
-            log_path = directory / f"agent-{attempt}.out"
-            with open(log_path, "wb") as out:
+            # The agent writes what it ships to attempt-<n>.log; its own diagnostics go to stderr.
+            log_path = directory / f"agent-{attempt}.err"
+            with open(log_path, "wb") as err:
                 process = subprocess.Popen(
                     self.node_command(node, rank, attempt, port),
                     stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
                     env=self._environment(node, attempt),
                     cwd=str(self.spec.run_dir),
                     start_new_session=True,  # own process group: stopped as a unit

@@ -47,7 +47,10 @@ def _inject_and_wait(
 ) -> tuple[int, Handled]:
     snap = wait_for(daemon, "training past a checkpoint", _past_checkpoint, 180)
     seen, step_at_fault = len(snap.handled), snap.last_step or 0
-    inject(run_dir, fault_id, kind, node, snap.attempt)
+    # Every rank must stall at the same step for a job-wide fault: name a step safely ahead of the job
+    # (what the supervisor sees lags the job by a few seconds, about 10-15 steps here).
+    at_step = step_at_fault + 30 if node == "*" else None
+    inject(run_dir, fault_id, kind, node, snap.attempt, at_step=at_step)
     snap = wait_for(daemon, f"{kind} to be handled", _fault_handled(seen), timeout)
     handled = [h for h in snap.handled[seen:] if h.decision.verdict is not Verdict.IGNORE][-1]
     return step_at_fault, handled
