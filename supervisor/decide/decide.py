@@ -97,10 +97,13 @@ def decide(state: JobState, incident: Incident, limits: Limits, now: float) -> D
         window = f"{limits.restart_within_s:g}s"
         return made(Verdict.HALT, f"restart budget exhausted: {recent} relaunches within {window}")
     delay = backoff_delay(recent, limits)
+    waiting = f" after a {delay:g}s backoff ({recent} relaunch(es) within the window)" if delay else ""
 
     if wanted is Verdict.RESTART:
         return made(
-            Verdict.RESTART, f"{root.rule}: recoverable, restart from the last checkpoint", delay=delay
+            Verdict.RESTART,
+            f"{root.rule}: recoverable, restart from the last checkpoint{waiting}",
+            delay=delay,
         )
 
     # CORDON_AND_RESTART
@@ -136,7 +139,7 @@ def decide(state: JobState, incident: Incident, limits: Limits, now: float) -> D
         return made(Verdict.HALT, f"{root.rule} on {node}, but no spare node can take its place")
     return made(
         Verdict.CORDON_AND_RESTART,
-        f"{root.rule} on {node}: cordon it, restart on spare {state.spares[0]}",
+        f"{root.rule} on {node}: cordon it, restart on spare {state.spares[0]}{waiting}",
         node=node,
         delay=delay,
     )

@@ -108,3 +108,10 @@ def test_one_node_fault_among_symptoms_elsewhere_is_still_cordoned() -> None:
     d = decide(s, incident(signal(node="node-0"), signal(node="node-2"), xid79("node-1")), LIMITS, T0)
     assert d.verdict is Verdict.CORDON_AND_RESTART
     assert d.node == "node-1"
+
+
+def test_a_backoff_is_stated_in_the_reason_for_the_on_call_engineer() -> None:
+    d = decide(state(restarts=(T0 - 60,)), incident(xid79()), LIMITS, T0)
+    assert d.verdict is Verdict.CORDON_AND_RESTART
+    assert d.delay_s == 10
+    assert "10s backoff" in d.reason
