@@ -1,6 +1,7 @@
 """The `ftsup` command line.
 
-    ftsup run -c CONFIG [--mode observe|act]     supervise a job (real AWS or any endpoint)
+    ftsup run -c CONFIG [--mode observe|act] [--clear-halt]
+                                                 supervise a job (real AWS or any endpoint)
     ftsup demo [--workdir DIR]                   the whole product locally, on embedded defaults
     ftsup classify --jsonl IN [-p POLICIES]      offline classification, one JSON verdict per window
     ftsup policy check PATH...                   validate policy files; every problem, file:line:col
@@ -17,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from supervisor.errors import ConfigError
+from supervisor.errors import ConfigError, StartupError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,6 +28,9 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="supervise a job described by a config file")
     run.add_argument("-c", "--config", required=True, type=Path)
     run.add_argument("--mode", choices=["observe", "act"], help="override the config's mode")
+    run.add_argument(
+        "--clear-halt", action="store_true", help="a human has inspected the halted job: launch it again"
+    )
 
     demo = sub.add_parser("demo", help="run the local end-to-end demo (no AWS account needed)")
     demo.add_argument("--workdir", type=Path, help="where to keep the run (default demo-run/<time>)")
@@ -69,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _dispatch(args)
-    except ConfigError as exc:
+    except (ConfigError, StartupError) as exc:
         print(str(exc), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -142,6 +146,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = load_config(args.config)  # a bad config exits 2 here, before anything starts
         configure_logging(cfg.logging.format, cfg.logging.level)
         daemon = build(cfg, mode=Mode(args.mode) if args.mode else None)
+        if args.clear_halt:
+            daemon.clear_halt()
         return run_forever(daemon)
     raise AssertionError(f"unhandled command {args.command}")
 

@@ -54,6 +54,12 @@ class Daemon:
             log.info("job launched", detail=result.detail)
         self.engine.start()
 
+    def clear_halt(self) -> None:
+        """Let a job that ftsup halted run again (after a human looked at it)."""
+        if isinstance(self.actuator, LocalActuator):
+            self.actuator.clear_halt()
+        self.engine.clear_halt()
+
     def shutdown(self, *, stop_job: bool) -> None:
         self.engine.stop()
         if stop_job and self.actuator is not None:

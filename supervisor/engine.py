@@ -59,6 +59,8 @@ from supervisor.vocabulary import (
 
 log = structlog.get_logger("ftsup.engine")
 
+METRICS_SOURCE = "metrics"  # the name of the source whose health gates the metric rules
+
 
 @dataclass(frozen=True)
 class Handled:
@@ -102,6 +104,7 @@ class _State:
     handled: dict[str, Handled] = field(default_factory=dict)
     open_alerts: dict[str, Alert] = field(default_factory=dict)
     blind: set[str] = field(default_factory=set)
+    seeing: set[str] = field(default_factory=set)  # sources whose last poll succeeded
     exit_reported: int = -1  # the attempt whose failed exit was already turned into a signal
     exit_checked_at: float = 0.0
 
@@ -163,6 +166,15 @@ class Engine:
         self._held_cursors: dict[str, Cursor] = {}
         self._lock = threading.Lock()  # guards _state for snapshot() readers
         observed = actuator.observe() if actuator is not None else None
+        # Budgets count what happened before a daemon restart too: a crash loop must not reset them.
+        restarts = tuple(
+            a.launched_at for a in journal.attempts(job) if a.cause_incident is not None and a.launched_at
+        )
+        cordons = tuple(
+            row.result.finished_at
+            for row in journal.actions(job)
+            if row.action.kind is Verdict.CORDON_AND_RESTART and row.result is not None and row.result.ok
+        )
         self._state = _State(
             job=JobState(
                 job=job,
@@ -170,6 +182,8 @@ class Engine:
                 nodes=observed.nodes if observed else (),
                 spares=observed.spares if observed else (),
                 cordoned=observed.cordoned if observed else (),
+                restarts=restarts,
+                cordons=cordons,
             )
         )
 
@@ -181,6 +195,10 @@ class Engine:
         if saved is not None:
             source.restore(saved)
         self._sources.append((source, poll_interval_s))
+
+    def clear_halt(self) -> None:
+        with self._lock:
+            self._state.job = replace(self._state.job, halted=False)
 
     def current_nodes(self) -> tuple[str, ...]:
         """The job's current members (read by the metrics source from its own thread)."""
@@ -305,7 +323,9 @@ class Engine:
 
     def tick(self) -> None:
         now = self.clock()
-        metrics_up = "metrics" not in self._state.blind
+        # Metric rules need the metrics source to be seeing now; a source that is absent, has not
+        # answered yet, or is down leaves absence and stall rules suspended (blindness is not health).
+        metrics_up = METRICS_SOURCE in self._state.seeing
         if not self._state.acting and not self._state.job.halted:
             self._accept(self.watch.evaluate(now, self._state.job.nodes, metrics_up), now)
             self._check_exits(now)
@@ -505,6 +525,10 @@ class Engine:
 
     def _note_health(self, batch: SourceBatch) -> None:
         h = batch.health
+        if h.up:
+            self._state.seeing.add(h.source)
+        else:
+            self._state.seeing.discard(h.source)
         was_blind = h.source in self._state.blind
         if h.up and was_blind:
             self._state.blind.discard(h.source)

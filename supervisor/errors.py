@@ -75,3 +75,10 @@ class ConfigError(Exception):
 
     def __str__(self) -> str:
         return "\n".join(str(p) for p in self.problems)
+
+
+class StartupError(Exception):
+    """The daemon cannot start for a reason a human must resolve (a halted job, unreadable state).
+
+    The message says what is wrong and what to do; the CLI prints it and exits 2 without a traceback.
+    """

@@ -19,6 +19,7 @@ whole group after the grace period.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -26,10 +27,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from supervisor.errors import StartupError
 from supervisor.vocabulary import Action, ActionResult, JobObservation, Verdict
 
 
@@ -79,6 +81,66 @@ class LocalActuator:
         self._launched_at: float | None = None
         self._halted = False
         self._results: dict[str, ActionResult] = {}  # idempotency key -> result
+        self._leftovers: dict[str, int] = {}  # node -> agent pid of a previous daemon's attempt
+        self._restore()
+
+    # ------------------------------------------------------------------ state that outlives the daemon
+
+    @property
+    def state_path(self) -> Path:
+        return self.spec.run_dir / "actuator-state.json"
+
+    def _restore(self) -> None:
+        """Adopt what a previous daemon left: membership (cordoned nodes stay cordoned), the attempt
+        number, a halt, and the pids of node agents that may still run (stopped before relaunching)."""
+        if not self.state_path.exists():
+            return
+        try:
+            saved = json.loads(self.state_path.read_text())
+            self._nodes = [str(n) for n in saved["nodes"]]
+            self._spares = [str(n) for n in saved["spares"]]
+            self._cordoned = [str(n) for n in saved["cordoned"]]
+            self._attempt = int(saved["attempt"])
+            self._halted = bool(saved["halted"])
+            self._launched_at = saved.get("launched_at")
+            self._leftovers = {str(k): int(v) for k, v in saved.get("pids", {}).items()}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StartupError(
+                f"{self.state_path}: unreadable actuator state ({exc!r}); move it aside to start afresh"
+            ) from exc
+
+    def _persist(self) -> None:
+        state = {
+            "job": self.spec.job,
+            "attempt": self._attempt,
+            "nodes": self._nodes,
+            "spares": self._spares,
+            "cordoned": self._cordoned,
+            "halted": self._halted,
+            "launched_at": self._launched_at,
+            "pids": {name: n.process.pid for name, n in self._running.items()},
+        }
+        self.spec.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=1))
+        os.replace(tmp, self.state_path)
+
+    def clear_halt(self) -> None:
+        """A human has looked at a halted job and wants it to run again."""
+        with self._lock:
+            self._halted = False
+            self._persist()
+
+    def _stop_leftovers(self) -> str:
+        """Stop node agents a previous daemon started (its job would otherwise run twice)."""
+        stopped = []
+        for node, pid in self._leftovers.items():
+            if _is_node_agent(pid, self.spec.job):
+                for victim in (pid, *_descendants(pid)):
+                    _signal_group(victim, signal.SIGKILL, group=False)
+                stopped.append(f"{node} (pid {pid})")
+        self._leftovers = {}
+        return ", ".join(stopped)
 
     # ------------------------------------------------------------------ paths and commands
 
@@ -147,14 +209,22 @@ class LocalActuator:
     # ------------------------------------------------------------------ Actuator protocol
 
     def launch(self) -> ActionResult:
-        """Start attempt 0 (or the next attempt, if a previous one was stopped)."""
+        """Start attempt 0, or the attempt after the last one a previous daemon ran (whose processes
+        are stopped first). Refuses a job that was halted until `clear_halt()`."""
         with self._lock:
             started = time.time()
+            if self._halted:
+                raise StartupError(
+                    f"job {self.spec.job} was halted (see {self.state_path}); inspect it, then run with "
+                    "--clear-halt to launch it again"
+                )
+            stopped = self._stop_leftovers()
             self._start_attempt(self._attempt + 1)
+            adopted = f" (stopped what a previous daemon left running: {stopped})" if stopped else ""
             return ActionResult(
                 idempotency_key=f"{self.spec.job}:launch:{self._attempt}",
                 ok=True,
-                detail=f"launched attempt {self._attempt} on {', '.join(self._nodes)}",
+                detail=f"launched attempt {self._attempt} on {', '.join(self._nodes)}{adopted}",
                 started_at=started,
                 finished_at=time.time(),
                 attempt=self._attempt,
@@ -210,6 +280,7 @@ class LocalActuator:
         stopped = self._stop_all()
         if action.kind is Verdict.HALT:
             self._halted = True
+            self._persist()
             return finish(True, f"halted: stopped {stopped}; files kept in {self.spec.run_dir}")
         detail = ""
         if action.kind is Verdict.CORDON_AND_RESTART:
@@ -228,6 +299,11 @@ class LocalActuator:
         return finish(
             True, f"{detail}stopped {stopped}; relaunched attempt {self._attempt} on {', '.join(self._nodes)}"
         )
+
+    def pids(self) -> list[tuple[str, int]]:
+        """(node, node-agent pid) of the current attempt."""
+        with self._lock:
+            return [(name, n.process.pid) for name, n in sorted(self._running.items())]
 
     def observe(self) -> JobObservation:
         with self._lock:
@@ -274,6 +350,7 @@ class LocalActuator:
                     start_new_session=True,  # own process group: stopped as a unit
                 )
             self._running[node] = _Node(node, process, log_path)
+        self._persist()
 
     def _stop_all(self) -> str:
         """Stop every node: SIGTERM to each agent, then SIGKILL the groups that outlive the grace."""
@@ -338,5 +415,11 @@ def _descendants(root: int) -> set[int]:
     return found
 
 
-def describe_exit_codes(codes: Sequence[tuple[str, int | None]]) -> str:
-    return ", ".join(f"{node}={'running' if code is None else code}" for node, code in codes)
+def _is_node_agent(pid: int, job: str) -> bool:
+    """True only for a live node agent of this job: a recycled pid must never be killed."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return False
+    return b"trainer.node_agent" in argv and job.encode() in argv

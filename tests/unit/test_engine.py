@@ -272,3 +272,34 @@ def test_cursor_is_held_back_while_an_incident_gathers_and_a_restart_does_not_re
     again.tick()
     assert again.snapshot().handled == ()
     assert len(again.journal.incidents()) == 1
+
+
+def test_restart_budget_counts_relaunches_from_before_a_daemon_restart(
+    tmp_path: Path, policy: PolicySet
+) -> None:
+    clock = Clock()
+    journal = Journal(tmp_path / "journal.db")
+    for n in range(1, 4):  # three relaunches in the last hour, journaled by a previous daemon
+        journal.add_attempt("job", n, ("node-0", "node-1"), T0 - 600 + n, cause_incident=f"inc-old-{n}")
+    journal.close()
+    engine, _actuator = make_engine(tmp_path, policy, clock)
+    assert engine.restart_budget_left() == 0
+    clock.now = T0 + 10
+    engine.process_batch(logs(("node-0", 9.0, GLOO)))
+    clock.now = T0 + 15
+    engine.tick()
+    (handled,) = engine.snapshot().handled
+    assert handled.decision.verdict is Verdict.HALT
+    assert "restart budget exhausted" in handled.decision.reason
+
+
+def test_without_a_metrics_source_absence_rules_never_fire(tmp_path: Path, policy: PolicySet) -> None:
+    """A supervisor configured without metrics is blind to heartbeats; silence is not a dead node."""
+    clock = Clock()
+    engine, actuator = make_engine(tmp_path, policy, clock)
+    engine.process_batch(logs(("node-0", 1.0, "healthy line")))
+    for _ in range(20):
+        clock.now += 60
+        engine.tick()
+    assert engine.snapshot().handled == ()
+    assert actuator.applied == []
