@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ftsup-installed
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint clean
 
 # torch is pinned (==2.13.0, via the `trainer` extra): an unpinned torch drags a multi-GB CUDA build.
 $(STAMP): pyproject.toml
