@@ -58,7 +58,7 @@ LOG_GROUP_RE = re.compile(r"[A-Za-z0-9._/#-]{1,512}")
 REGION_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 STAT_RE = re.compile(r"Average|Sum|Minimum|Maximum|SampleCount|p\d{1,2}(?:\.\d+)?")
 
-ACTUATOR_KINDS = ("local",)
+ACTUATOR_KINDS = ("local", "none")
 FUTURE_ACTUATOR_KINDS = ("slurm", "kubernetes", "aws-asg", "hyperpod")
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -155,9 +155,17 @@ class LocalActuatorConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ExternalJobConfig:
+    """`kind: none`: a job launched by someone else (a scheduler, a human), watched in observe mode."""
+
+    nodes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ActuatorConfig:
     kind: str = "local"
     local: LocalActuatorConfig = field(default_factory=LocalActuatorConfig)
+    none: ExternalJobConfig = field(default_factory=ExternalJobConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -481,7 +489,7 @@ class _Loader:
     def actuator(self, value: object, job_name: str) -> ActuatorConfig:
         ck = self.ck
         p: DataPath = ("actuator",)
-        m = _section(ck, p, value, ("kind", "local"))
+        m = _section(ck, p, value, ("kind", "local", "none"))
         kind = "local"
         if "kind" in m:
             k = m["kind"]
@@ -539,7 +547,19 @@ class _Loader:
             trainer_args=trainer_args,
             python=python,
         )
-        return ActuatorConfig(kind, local)
+        external = ExternalJobConfig()
+        np: DataPath = (*p, "none")
+        nm = _section(ck, np, m.get("none"), ("nodes",))
+        if kind == "none":
+            if "nodes" not in nm:
+                ck.problem(
+                    np, "kind none watches a job launched elsewhere: list its nodes (log stream names)"
+                )
+            else:
+                external = ExternalJobConfig(_nodes(ck, (*np, "nodes"), nm["nodes"], allow_empty=False) or ())
+        elif nm:
+            ck.problem(np, f"actuator.none is only read with kind none (kind is {kind!r})")
+        return ActuatorConfig(kind, local, external)
 
     def alerts(self, value: object) -> AlertsConfig:
         ck = self.ck
@@ -637,6 +657,8 @@ def load_config(path: str | Path) -> Config:
         logging=loader.logging(top.get("logging")),
         source=p.resolve(),
     )
+    if config.actuator.kind == "none" and config.mode is Mode.ACT:
+        ck.problem(("mode",), "mode act needs an actuator; with actuator kind none ftsup can only observe")
     if problems:
         raise ConfigError(sorted(problems, key=Problem.sort_key))
     return config

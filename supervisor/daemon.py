@@ -19,6 +19,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 
 from supervisor.act.base import Actuator
+from supervisor.act.external import ExternalJob
 from supervisor.act.local import LocalActuator, LocalJobSpec
 from supervisor.alert.base import AlertSink
 from supervisor.alert.sinks import LogAlertSink, WebhookAlertSink
@@ -42,7 +43,7 @@ class Daemon:
     policy: PolicySet
     engine: Engine
     journal: Journal
-    actuator: Actuator | None
+    actuator: Actuator
     registry: CollectorRegistry
     calls: ApiCallCounter
     metrics_port: int | None = None
@@ -62,7 +63,7 @@ class Daemon:
 
     def shutdown(self, *, stop_job: bool) -> None:
         self.engine.stop()
-        if stop_job and self.actuator is not None:
+        if stop_job:
             self.actuator.stop()
         for server in self._servers:
             stop = getattr(server, "shutdown", None)
@@ -83,8 +84,10 @@ def aws_settings(config: Config, endpoint_override: str | None = None) -> AwsSet
     )
 
 
-def build_actuator(config: Config, aws: AwsSettings, env: Mapping[str, str]) -> Actuator | None:
+def build_actuator(config: Config, aws: AwsSettings, env: Mapping[str, str]) -> Actuator:
     act = config.actuator
+    if act.kind == "none":
+        return ExternalJob(config.job.name, act.none.nodes)
     if act.kind != "local":
         raise ValueError(f"actuator kind {act.kind!r} is not available in this build")
     local = act.local
@@ -206,8 +209,7 @@ def run_forever(daemon: Daemon) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    launch = daemon.actuator is not None
-    daemon.start(launch=launch)
+    daemon.start(launch=True)  # the local job starts; an external job is adopted as it is
     code = 0
     try:
         while not stop.wait(1.0):
@@ -216,7 +218,7 @@ def run_forever(daemon: Daemon) -> int:
                 log.warning("job halted; the daemon stays down until a human relaunches it")
                 code = 3
                 break
-            if daemon.actuator is not None and not snap.acting:
+            if not snap.acting:
                 seen = daemon.actuator.observe()
                 finished = seen.exit_codes and all(c == 0 for _, c in seen.exit_codes)
                 if finished:

@@ -193,3 +193,63 @@ def test_ftsup_run_supervises_a_job_to_completion_and_exits_0(tmp_path: Path, mo
         assert journal.events_seen("logs") > 0 and journal.events_seen("metrics") > 0
     finally:
         journal.close()
+
+
+def test_a_job_launched_elsewhere_is_watched_in_observe_mode_and_never_touched(
+    tmp_path: Path, moto_endpoint: str
+) -> None:
+    """`actuator.kind: none`: someone else runs the job; ftsup reads CloudWatch and says what it would do."""
+    from supervisor.config import load_config
+    from tests.trainer.harness import Job
+
+    name = "external-job"
+    config_path = tmp_path / "ftsup.yaml"
+    config_path.write_text(
+        f"job: {{name: {name}, log_group: /ftsup/test/{name}}}\n"
+        f"aws: {{endpoint_url: '{moto_endpoint}'}}\n"
+        "sources:\n  logs: {poll_interval_s: 1.0, overlap_s: 10.0}\n"
+        "  metrics: {poll_interval_s: 1.0, period_s: 1, lookback_s: 30.0}\n"
+        "incidents: {settle_s: 4.0}\n"
+        "actuator: {kind: none, none: {nodes: [node-0, node-1]}}\n"
+        "journal: {path: ftsup.db}\nmetrics_server: {port: null}\n"
+    )
+    config = load_config(config_path)
+    args = [
+        "--ckpt-every",
+        "5",
+        "--step-sleep-s",
+        "0.2",
+        "--metrics-interval-s",
+        "1",
+        "--collective-timeout-s",
+        "15",
+    ]
+    with Job(tmp_path / "job", name, moto_endpoint, f"/ftsup/test/{name}", args, grace_s=5.0):
+        daemon = build(config)
+        try:
+            daemon.start(launch=True)
+            snap = wait_for(daemon, "training seen through CloudWatch", _past_checkpoint, 180)
+            inject(tmp_path / "job", "ext-1", "xid79", "node-1", 0)
+            snap = wait_for(daemon, "the decision", lambda s: len(s.handled) >= 1, 120)
+            (handled,) = snap.handled
+            # The rule wants node-1 cordoned; with no spare known for a job launched elsewhere, the decision
+            # is to page a human rather than shrink the job.
+            assert handled.incident.root_cause.rule == "gpu-fallen-off-bus"
+            assert handled.incident.root_cause.node == "node-1"
+            assert handled.decision.rule_verdict is Verdict.CORDON_AND_RESTART
+            assert handled.decision.verdict is Verdict.HALT and handled.decision.page
+            assert "spare" in handled.decision.reason
+            assert handled.result is None
+            assert daemon.journal.actions() == []  # no intent was even journaled
+        finally:
+            daemon.shutdown(stop_job=True)
+
+
+def test_act_mode_without_an_actuator_is_a_config_error(tmp_path: Path) -> None:
+    from supervisor.config import load_config
+    from supervisor.errors import ConfigError
+
+    path = tmp_path / "ftsup.yaml"
+    path.write_text("job: {name: j, log_group: /g}\nmode: act\nactuator: {kind: none, none: {nodes: [a]}}\n")
+    with pytest.raises(ConfigError, match="mode act needs an actuator"):
+        load_config(path)
