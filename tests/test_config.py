@@ -123,7 +123,7 @@ def test_every_problem_is_reported_with_its_position(tmp_path: Path) -> None:
         "ftsup.yaml:6:40 sources.metrics.stats.step: invalid statistic 'Median' "
         "(must match Average|Sum|Minimum|Maximum|SampleCount|p\\d{1,2}(?:\\.\\d+)?)",
         "ftsup.yaml:7:7 mode: invalid value 'watch' (expected one of: observe | act)",
-        "ftsup.yaml:9:9 actuator.kind: actuator kind 'slurm' is not available yet (available: local)",
+        "ftsup.yaml:9:9 actuator.kind: actuator kind 'slurm' is not available yet (available: local, none)",
         "ftsup.yaml:10:27 actuator.local.nodes[1]: invalid node name 'bad name' "
         "(must match [A-Za-z0-9][A-Za-z0-9._-]{0,62})",
         "ftsup.yaml:10:49 actuator.local.spares[0]: node 'node-0' is listed both in nodes and in spares",
@@ -150,13 +150,13 @@ def test_every_problem_is_reported_with_its_position(tmp_path: Path) -> None:
                 "ftsup.yaml:1:13 job.name: invalid job name 'bad/name' "
                 "(must match [A-Za-z0-9][A-Za-z0-9._-]{0,127})",
                 "ftsup.yaml:2:18 actuator.kind: actuator kind 'kubernetes' is not available yet "
-                "(available: local)",
+                "(available: local, none)",
             ],
         ),
         (
             "job: {name: a, log_group: x}\nactuator: {kind: docker, local: {nodes: [], nproc_per_node: 0}}\n",
             [
-                "ftsup.yaml:2:18 actuator.kind: invalid value 'docker' (expected one of: local)",
+                "ftsup.yaml:2:18 actuator.kind: invalid value 'docker' (expected one of: local | none)",
                 "ftsup.yaml:2:41 actuator.local.nodes: needs at least one node",
                 "ftsup.yaml:2:61 actuator.local.nproc_per_node: must be >= 1, got 0",
             ],
