@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,8 +79,12 @@ DEFAULT_RESUME_PATTERN = r'"event": "resume", "step": (?P<step>\d+)'
 
 
 def default_policy_dir() -> Path:
-    """The shipped rule packs: the repository's ``policies/`` directory."""
-    return Path(__file__).resolve().parent.parent / "policies"
+    """The shipped rule packs: the checkout's ``policies/`` (source and editable installs), else the
+    copy a wheel installs under ``<prefix>/share/ftsup/policies``."""
+    checkout = Path(__file__).resolve().parent.parent / "policies"
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "ftsup" / "policies"
 
 
 # ----------------------------------------------------------------------------- model
