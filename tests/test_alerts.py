@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -360,3 +362,16 @@ def test_get_logger_binds_context() -> None:
         assert len(lines) == 2
     finally:
         reset_logging()
+
+
+# ----------------------------------------------------------------------------- golden
+
+
+def test_webhook_payload_matches_the_golden_file() -> None:
+    """The JSON a receiver gets for a cordon, byte for byte; regenerate with FTSUP_REGEN_GOLDEN=1."""
+    golden = Path(__file__).parent / "golden" / "alert_cordon.json"
+    payload = alert_payload(build_alert(INCIDENT, CORDON, OK, budget_left=2, now=T0 + 41))
+    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    if os.environ.get("FTSUP_REGEN_GOLDEN") == "1":
+        golden.write_text(text)
+    assert text == golden.read_text()
