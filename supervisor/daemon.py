@@ -57,8 +57,7 @@ class Daemon:
 
     def clear_halt(self) -> None:
         """Let a job that ftsup halted run again (after a human looked at it)."""
-        if isinstance(self.actuator, LocalActuator):
-            self.actuator.clear_halt()
+        self.actuator.clear_halt()
         self.engine.clear_halt()
 
     def shutdown(self, *, stop_job: bool) -> None:

@@ -80,7 +80,10 @@ def wait_for(daemon: Daemon, what: str, done: Callable[[Snapshot], bool], timeou
     raise DemoFailed(f"timed out after {timeout_s:.0f}s waiting for {what}")
 
 
-def _training_past_checkpoint(ckpt_every: int) -> Callable[[Snapshot], bool]:
+def training_past_checkpoint(ckpt_every: int) -> Callable[[Snapshot], bool]:
+    """True once the current attempt has trained past its first checkpoint (a fault then loses work
+    that only a checkpoint can save), and no action is in flight."""
+
     def check(s: Snapshot) -> bool:
         start = s.resume_step or 0
         return s.last_step is not None and s.last_step >= start + ckpt_every + 2 and not s.acting
@@ -88,10 +91,23 @@ def _training_past_checkpoint(ckpt_every: int) -> Callable[[Snapshot], bool]:
     return check
 
 
-def _handled_more_than(seen: int) -> Callable[[Snapshot], bool]:
+def training_resumed(s: Snapshot) -> bool:
+    """True once the current attempt read a checkpoint back and trained past it."""
+    return s.resume_step is not None and s.last_step is not None and s.last_step > s.resume_step
+
+
+def newest_decided(s: Snapshot, seen: int) -> Handled | None:
+    """The newest incident after the first `seen` whose decision was not to ignore it."""
+    new = [h for h in s.handled[seen:] if h.decision.verdict is not Verdict.IGNORE]
+    return new[-1] if new else None
+
+
+def handled_more_than(seen: int) -> Callable[[Snapshot], bool]:
+    """True once an incident after the first `seen` was decided and its action finished."""
+
     def check(s: Snapshot) -> bool:
-        new = [h for h in s.handled[seen:] if h.decision.verdict is not Verdict.IGNORE]
-        return bool(new) and new[-1].result is not None and not s.acting
+        newest = newest_decided(s, seen)
+        return newest is not None and newest.result is not None and not s.acting
 
     return check
 
@@ -132,28 +148,20 @@ def _run(config: Config, run_root: Path, ckpt_every: int, say: Callable[[str], N
             say(f"launched attempt {snap.attempt} on {', '.join(snap.nodes)} (spares: {spares})")
             for i, step in enumerate(SCENARIO, start=1):
                 snap = wait_for(
-                    daemon, "training to pass a checkpoint", _training_past_checkpoint(ckpt_every), 240
+                    daemon, "training to pass a checkpoint", training_past_checkpoint(ckpt_every), 240
                 )
                 node = snap.nodes[step.node_index]
                 say(f"training at step {snap.last_step} (attempt {snap.attempt}); injecting fault {i}: "
                     + step.title.format(node=node))  # fmt: skip
                 seen = len(snap.handled)
                 inject(Path(config.actuator.local.run_dir), f"demo-{i}", step.kind, node, snap.attempt)
-                snap = wait_for(
-                    daemon, f"fault {i} to be detected and handled", _handled_more_than(seen), 240
-                )
-                handled = [h for h in snap.handled[seen:] if h.decision.verdict is not Verdict.IGNORE][-1]
+                snap = wait_for(daemon, f"fault {i} to be detected and handled", handled_more_than(seen), 240)
+                handled = newest_decided(snap, seen)
+                assert handled is not None  # handled_more_than waited for it
                 failures += check_step(step, node, handled, say)
                 if step.expect is Verdict.HALT:
                     break
-                snap = wait_for(
-                    daemon,
-                    f"training to resume after fault {i}",
-                    lambda s: (
-                        s.resume_step is not None and s.last_step is not None and s.last_step > s.resume_step
-                    ),
-                    240,
-                )
+                snap = wait_for(daemon, f"training to resume after fault {i}", training_resumed, 240)
                 if not snap.resume_step:
                     failures.append(f"fault {i}: attempt {snap.attempt} did not resume from a checkpoint")
                 say(f"attempt {snap.attempt} on {', '.join(snap.nodes)} resumed from the checkpoint of step "

@@ -103,8 +103,7 @@ class _State:
     progress: _Progress = field(default_factory=_Progress)
     handled: dict[str, Handled] = field(default_factory=dict)
     open_alerts: dict[str, Alert] = field(default_factory=dict)
-    blind: set[str] = field(default_factory=set)
-    seeing: set[str] = field(default_factory=set)  # sources whose last poll succeeded
+    source_up: dict[str, bool] = field(default_factory=dict)  # each source's last reported health
     exit_reported: int = -1  # the attempt whose failed exit was already turned into a signal
     exit_checked_at: float = 0.0
 
@@ -325,7 +324,7 @@ class Engine:
         now = self.clock()
         # Metric rules need the metrics source to be seeing now; a source that is absent, has not
         # answered yet, or is down leaves absence and stall rules suspended (blindness is not health).
-        metrics_up = METRICS_SOURCE in self._state.seeing
+        metrics_up = self._state.source_up.get(METRICS_SOURCE, False)
         if not self._state.acting and not self._state.job.halted:
             self._accept(self.watch.evaluate(now, self._state.job.nodes, metrics_up), now)
             self._check_exits(now)
@@ -525,16 +524,11 @@ class Engine:
 
     def _note_health(self, batch: SourceBatch) -> None:
         h = batch.health
-        if h.up:
-            self._state.seeing.add(h.source)
-        else:
-            self._state.seeing.discard(h.source)
-        was_blind = h.source in self._state.blind
-        if h.up and was_blind:
-            self._state.blind.discard(h.source)
+        was_up = self._state.source_up.get(h.source)
+        self._state.source_up[h.source] = h.up
+        if h.up and was_up is False:
             log.info("source recovered", source=h.source)
-        elif not h.up and not was_blind:
-            self._state.blind.add(h.source)
+        elif not h.up and was_up is not False:
             log.warning("source blind: absence rules suspended", source=h.source, error=h.error)
         if self.metrics is not None:
             self.metrics.source_health(h.source, h.up, h.lag_s)
@@ -562,6 +556,6 @@ class Engine:
                 last_step=st.progress.last_step,
                 halted=st.job.halted,
                 acting=st.acting,
-                degraded=tuple(sorted(st.blind)),
+                degraded=tuple(sorted(name for name, up in st.source_up.items() if not up)),
                 handled=tuple(st.handled.values()),
             )

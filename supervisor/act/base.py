@@ -16,6 +16,7 @@ class Actuator(Protocol):
     launch:  starts the job for the first time (attempt 0) or adopts a running one.
     observe: reads the job's current state from the target, never from memory alone.
     stop:    stops every process the actuator owns (daemon shutdown without a decision).
+    clear_halt: a human has inspected a job the actuator halted; launching it is allowed again.
     """
 
     def launch(self) -> ActionResult: ...
@@ -27,3 +28,5 @@ class Actuator(Protocol):
     def observe(self) -> JobObservation: ...
 
     def stop(self) -> None: ...
+
+    def clear_halt(self) -> None: ...

@@ -48,3 +48,6 @@ class ExternalJob:
 
     def stop(self) -> None:
         """Nothing to stop: the job is not ftsup's."""
+
+    def clear_halt(self) -> None:
+        """Nothing to clear: ftsup never halts a job it does not own."""

@@ -97,6 +97,9 @@ class RecordingActuator:
     def stop(self) -> None:
         pass
 
+    def clear_halt(self) -> None:
+        pass
+
 
 @pytest.fixture(scope="module")
 def policy() -> PolicySet:
