@@ -10,7 +10,8 @@ journal, alert, and hand actions to the action thread. The engine never blocks o
 than its own journal; sources and actions run on their own threads with their own timeouts.
 
 Seam rules (see README, "Architecture"):
-- a source's cursor is persisted only when no incident is still gathering signals, and after
+- a source's cursor is persisted only when no incident is still gathering signals (and no
+  traceback is half read), and after
   the decisions of everything read before it are journaled: a crash re-reads, never skips;
 - an action's intent is journaled before the actuator is called, its result after;
 - lines of a replaced attempt (event time before the current launch) are never a new incident;
@@ -36,6 +37,7 @@ from supervisor.classify.exits import exit_signal
 from supervisor.classify.matcher import LogClassifier
 from supervisor.classify.metric_rules import MetricWatch
 from supervisor.classify.policy import PolicySet
+from supervisor.classify.units import StreamClassifier
 from supervisor.config import ProgressPatterns
 from supervisor.decide.decide import JobState, Limits, decide
 from supervisor.incidents.correlate import Correlator
@@ -60,6 +62,7 @@ from supervisor.vocabulary import (
 log = structlog.get_logger("ftsup.engine")
 
 METRICS_SOURCE = "metrics"  # the name of the source whose health gates the metric rules
+UNIT_IDLE_S = 0.5  # a traceback unit closes this long (wall time) after its last line
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,7 @@ class Engine:
         self.clock = clock
         self.limits = limits_from(policy)
         self.classifier = LogClassifier(policy.log_rules)
+        self.stream = StreamClassifier(self.classifier)
         self.watch = MetricWatch(policy.metric_rules)
         self.correlator = Correlator(job, settle_s)
         patterns = progress or ProgressPatterns()
@@ -302,13 +306,12 @@ class Engine:
             self.journal.count_events(batch.source, len(batch.logs) + len(batch.metrics))
         signals: list[Signal] = []
         step_before = self._state.progress.last_step
-        for event in batch.logs:
-            if not self._current(event.timestamp):
-                continue
+        current = [e for e in batch.logs if self._current(e.timestamp)]
+        for event in current:
             self._read_progress(event)
-            found = self.classifier.classify(event.node, event.text, event.timestamp, event_id=event.event_id)
-            if found is not None:
-                signals.append(found)
+        signals.extend(
+            self.stream.feed_many([(e.node, e.text, e.timestamp, e.event_id, None) for e in current], now)
+        )
         members = set(self._state.job.nodes)
         for sample in batch.metrics:
             if sample.node in members and self._current(sample.timestamp):
@@ -325,6 +328,8 @@ class Engine:
         # Metric rules need the metrics source to be seeing now; a source that is absent, has not
         # answered yet, or is down leaves absence and stall rules suspended (blindness is not health).
         metrics_up = self._state.source_up.get(METRICS_SOURCE, False)
+        # A traceback whose last line came a moment ago is complete: Python writes it in one go.
+        self._accept(self.stream.flush(now, UNIT_IDLE_S), now)
         if not self._state.acting and not self._state.job.halted:
             self._accept(self.watch.evaluate(now, self._state.job.nodes, metrics_up), now)
             self._check_exits(now)
@@ -534,7 +539,8 @@ class Engine:
             self.metrics.source_health(h.source, h.up, h.lag_s)
 
     def _save_cursors_if_settled(self) -> None:
-        if self.correlator.pending() or not self._held_cursors:
+        # A traceback still being folded holds its lines too: re-reading must see it whole.
+        if self.correlator.pending() or self.stream.open_units() or not self._held_cursors:
             return
         with self.journal.transaction():
             for cursor in self._held_cursors.values():

@@ -1,7 +1,8 @@
 """Offline classification: a window of log lines in, one verdict out (``ftsup classify``).
 
 Each window is the log text of one job around a failure, possibly interleaved from several ranks
-and hosts, in order. Every line is classified with the shipped (or given) policies using the line's
+and hosts, in order. Every line is classified (Python tracebacks folded into one unit each, see
+`supervisor.classify.units`) with the shipped (or given) policies using the line's
 index as its timestamp; the root cause is chosen with the daemon's own ordering
 (`supervisor.incidents.rootcause.choose_root_cause`), so offline and online never disagree.
 
@@ -27,6 +28,7 @@ from typing import Any, TextIO
 
 from supervisor.classify.matcher import LogClassifier
 from supervisor.classify.policy import PolicySet
+from supervisor.classify.units import StreamClassifier
 from supervisor.incidents.rootcause import choose_root_cause
 from supervisor.vocabulary import FailureClass, Signal
 
@@ -57,11 +59,10 @@ def classify_window(
     lines: Sequence[str], classifier: LogClassifier, node: str = "offline", window_id: str = ""
 ) -> WindowVerdict:
     """Classify every line (timestamp = index) and return the root cause's verdict."""
+    stream = StreamClassifier(classifier)
     signals: list[Signal] = []
-    for i, line in enumerate(lines):
-        s = classifier.classify(node, line, float(i), line_index=i)
-        if s is not None:
-            signals.append(s)
+    signals.extend(stream.feed_many([(node, line, float(i), None, i) for i, line in enumerate(lines)]))
+    signals.extend(stream.flush())
     root = choose_root_cause(signals)
     if root is None:
         return WindowVerdict(window_id, "ignore", "none", True, None, None)

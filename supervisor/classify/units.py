@@ -1,0 +1,277 @@
+"""Per-stream classification with Python tracebacks folded into one unit.
+
+A traceback is many lines, and most of them must not be classified on their own: frame lines
+(``File "…/torch/cuda/memory.py", line 12``) and the echoed source lines under them
+(``raise RuntimeError("NCCL timeout")``) mention errors without reporting one. So lines are fed,
+in order, per stream (one node; one ``[rankN]:`` prefix within it, since torchrun interleaves the
+output of its ranks), and a small state machine folds each traceback into one unit:
+
+    Traceback (most recent call last):          <- opens the unit
+      File "train.py", line 9, in <module>      <- frames and source lines: never classified
+        main()
+    KeyError: 'labels'                          <- an exception line: a candidate
+                                                <- blank lines keep the unit open
+    The above exception was the direct cause of the following exception:
+                                                   (or "During handling of the above exception ...")
+    Traceback (most recent call last):          <- the chain goes on in the same unit
+      ...
+    RuntimeError: Caught KeyError in DataLoader worker process 0.   <- a candidate
+
+A wrapped worker exception (PyTorch's DataLoader: ``KeyError: Caught KeyError in DataLoader worker
+process 0.`` followed by ``Original Traceback (most recent call last):`` and the worker's frames and
+exception) continues the unit the same way.
+
+When the unit closes (the next line of the stream is neither blank nor a chain marker, or `flush`),
+it yields **one** signal: the candidate whose rule ranks best (highest priority; a specific rule such
+as an NCCL error or CUDA OOM beats the generic exception rule), and among equals the final exception
+of the chain, as Python reports it last. Teardown noise (torchrun's own ChildFailedError traceback)
+never beats a line that can be a root cause. Its `line_index` / `timestamp` are those of that exception
+line, so the root-cause line is recorded exactly.
+
+Lines outside tracebacks are classified one by one as before. A traceback that Python prints after
+``Exception ignored in: <function ...__del__>`` (an exception it could not raise, typically at
+interpreter exit) yields nothing. A unit whose exception line never
+comes (the process died mid-print) is dropped by `flush` without a signal; its frame lines were
+never evidence of anything.
+
+The same class serves the daemon (the engine feeds every current log line, and flushes stale units
+on its tick) and offline classification (feed a window, then flush), so both agree.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from supervisor.classify.matcher import MAX_LINE_BYTES, LogClassifier, clean_text
+from supervisor.incidents.rootcause import can_be_root_cause
+from supervisor.vocabulary import Signal
+
+# Launcher prefixes in front of a program's lines, possibly stacked ("15: [rank15]: ..."): torchrun's
+# "[rankN]:" / "[defaultN]:", srun --label's "N:", mpirun --tag-output's "[1,3]<stderr>:". The same set
+# as policy.LAUNCHER_PREFIX (where rules' "^" anchors also match after them).
+_PREFIX_RE = re.compile(r"^(?:(?:\[(?:rank|default)\d+\]:|\d{1,5}:|\[\d+,\d+\]<std(?:out|err)>:) ?)+")
+# Python's report of an exception it cannot raise (in __del__, at interpreter exit): the traceback
+# that follows is not a failure of the program.
+_IGNORED_RE = re.compile(r"^\s*Exception ignored in: ")
+_TRACEBACK_RE = re.compile(r"^\s*Traceback \(most recent call last\):\s*$")
+# PyTorch's DataLoader (and other ExceptionWrapper users) re-raise a worker's exception with the
+# worker's traceback inside the message: "KeyError: Caught KeyError in DataLoader worker process 0."
+# then "Original Traceback (most recent call last):" and the worker's frames and exception.
+_ORIGINAL_RE = re.compile(r"^\s*Original Traceback \(most recent call last\):\s*$")
+_CHAIN_RE = re.compile(
+    r"^\s*(?:The above exception was the direct cause of the following exception:"
+    r"|During handling of the above exception, another exception occurred:)\s*$"
+)
+# What Python prints as the last line of a traceback: a dotted name, optionally ": message".
+_EXCEPTION_RE = re.compile(r"^[A-Za-z_][\w.]*(?::(?: .*)?)?$")
+
+CHUNK_LINES = 128
+"""Lines scanned with one set match by `feed_many` (amortises the per-call cost of the binding)."""
+_SIMPLE_MAX_CHARS = MAX_LINE_BYTES // 4  # below this many characters, any text is within the byte cap
+_BISECT_MIN = 8  # a chunk with a hit is halved down to this many lines, then matched line by line
+
+FRAMES = "frames"
+AFTER_EXCEPTION = "after_exception"
+CHAIN = "chain"
+
+
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    signal: Signal
+    priority: int
+    position: int  # exception number within the chain (later = higher)
+
+
+@dataclass
+class _Unit:
+    state: str
+    opened_at: float  # caller's clock when the unit opened / last grew
+    candidates: list[_Candidate] = field(default_factory=list)
+    exceptions: int = 0
+    ignored: bool = False  # Python said "Exception ignored in: ...": report nothing
+
+
+def _split_prefix(line: str) -> tuple[str, str]:
+    m = _PREFIX_RE.match(line)
+    if m is None:
+        return "", line
+    return m.group(0).replace(" ", ""), line[m.end() :]
+
+
+class StreamClassifier:
+    """Feeds lines per stream through a `LogClassifier`, folding Python tracebacks into one unit.
+
+    Contracts:
+    * `feed` returns the signals that are final now: signals of ordinary lines at once, the one
+      signal of a traceback unit when the unit closes. Lines inside an open unit return nothing.
+    * `flush(now, idle_s)` closes units last fed at least `idle_s` before `now` (all with
+      ``idle_s=0``) and returns their signals; call it when no more lines can follow (the end of an
+      offline window) or periodically (the daemon's tick).
+    * `holding()` is True while a closed-but-unflushed unit holds a candidate signal: the caller
+      must not persist a read position past lines whose signal is still held.
+    * `feed_many` is `feed` over many lines in order, with the same result; it clears whole chunks
+      of lines that no rule matches with one set match (no traceback open or starting in them).
+    * Not thread-safe: one owner feeds it. Multi-line texts are fed line by line.
+    """
+
+    def __init__(self, classifier: LogClassifier) -> None:
+        self.classifier = classifier
+        self._units: dict[tuple[str, str], _Unit] = {}
+        self._ignoring: set[tuple[str, str]] = set()  # streams whose next traceback Python ignored
+        self._priority = {r.name: r.priority for r in classifier.rules}
+
+    def feed(
+        self,
+        node: str,
+        text: str | bytes,
+        timestamp: float,
+        *,
+        now: float = 0.0,
+        event_id: str | None = None,
+        line_index: int | None = None,
+    ) -> list[Signal]:
+        clean = clean_text(text)
+        out: list[Signal] = []
+        if "\n" not in clean:
+            self._line(node, clean, timestamp, now, event_id, line_index, out)
+            return out
+        for line in clean.split("\n"):
+            self._line(node, line, timestamp, now, event_id, line_index, out)
+        return out
+
+    def feed_many(
+        self,
+        lines: Sequence[tuple[str, str, float, str | None, int | None]],
+        now: float = 0.0,
+    ) -> list[Signal]:
+        """Feed (node, text, timestamp, event_id, line_index) items in order; see `feed`."""
+        out: list[Signal] = []
+        for start in range(0, len(lines), CHUNK_LINES):
+            chunk = lines[start : start + CHUNK_LINES]
+            joined = "\n".join(item[1] for item in chunk)
+            # Nothing for clean_text to change: printable (no controls, ESC, CR, lone surrogates),
+            # one line per item, and short enough that no line reaches the byte cap.
+            simple = (
+                len(joined) < _SIMPLE_MAX_CHARS
+                and joined.count("\n") == len(chunk) - 1
+                and joined.replace("\n", " ").isprintable()
+            )
+            if simple:
+                self._scan(chunk, joined, now, out)
+                continue
+            for node, text, ts, event_id, line_index in chunk:
+                out.extend(self.feed(node, text, ts, now=now, event_id=event_id, line_index=line_index))
+        return out
+
+    def _scan(
+        self,
+        chunk: Sequence[tuple[str, str, float, str | None, int | None]],
+        joined: str,
+        now: float,
+        out: list[Signal],
+    ) -> None:
+        """Feed clean lines: skip them at once when nothing can happen, else narrow down by halves."""
+        if not self._units and "Traceback (most recent" not in joined:
+            if not self.classifier.any_match(joined):
+                return  # no rule matches any line, and no traceback is open or starting
+            if len(chunk) > _BISECT_MIN:
+                half = len(chunk) // 2
+                first, second = chunk[:half], chunk[half:]
+                self._scan(first, "\n".join(item[1] for item in first), now, out)
+                self._scan(second, "\n".join(item[1] for item in second), now, out)
+                return
+        for node, text, ts, event_id, line_index in chunk:
+            self._line(node, text, ts, now, event_id, line_index, out)
+
+    def flush(self, now: float = 0.0, idle_s: float = 0.0) -> list[Signal]:
+        out: list[Signal] = []
+        for key in [k for k, u in self._units.items() if now - u.opened_at >= idle_s]:
+            out.extend(self._close(key))
+        out.sort(key=lambda s: (s.timestamp, s.line_index if s.line_index is not None else -1))
+        return out
+
+    def holding(self) -> bool:
+        return any(u.candidates for u in self._units.values())
+
+    def open_units(self) -> int:
+        return len(self._units)
+
+    # ------------------------------------------------------------------------- internals
+
+    def _line(
+        self,
+        node: str,
+        line: str,
+        timestamp: float,
+        now: float,
+        event_id: str | None,
+        line_index: int | None,
+        out: list[Signal],
+    ) -> None:
+        prefix, body = _split_prefix(line)
+        key = (node, prefix)
+        unit = self._units.get(key)
+        if unit is not None:
+            if self._inside(unit, body, node, line, timestamp, now, event_id, line_index):
+                return
+            out.extend(self._close(key))  # the unit ended before this line
+        if _TRACEBACK_RE.match(body):
+            self._units[key] = _Unit(FRAMES, now, ignored=key in self._ignoring)
+            self._ignoring.discard(key)
+            return
+        if _IGNORED_RE.match(body):
+            self._ignoring.add(key)
+            return
+        self._ignoring.discard(key)
+        found = self.classifier.classify_clean(node, line, timestamp, event_id, line_index)
+        if found is not None:
+            out.append(found)
+
+    def _inside(
+        self,
+        unit: _Unit,
+        body: str,
+        node: str,
+        line: str,
+        timestamp: float,
+        now: float,
+        event_id: str | None,
+        line_index: int | None,
+    ) -> bool:
+        """Whether `body` belongs to `unit` (consumed); False closes the unit before the line."""
+        if unit.state == FRAMES:
+            if not body.strip() or body[:1].isspace() or body.startswith("^"):
+                unit.opened_at = now
+                return True  # a frame line, a source line, or a caret marker
+            if _EXCEPTION_RE.match(body) is None:
+                return False  # not how a traceback ends: foreign output, give up on the unit
+            unit.exceptions += 1
+            unit.state = AFTER_EXCEPTION
+            unit.opened_at = now
+            found = self.classifier.classify_clean(node, line, timestamp, event_id, line_index)
+            if found is not None:
+                unit.candidates.append(_Candidate(found, self._priority.get(found.rule, 0), unit.exceptions))
+            return True
+        if not body.strip():
+            return True  # blank lines around chain markers
+        if _CHAIN_RE.match(body):
+            unit.state = CHAIN
+            unit.opened_at = now
+            return True
+        if (unit.state == CHAIN and _TRACEBACK_RE.match(body)) or (
+            unit.state == AFTER_EXCEPTION and _ORIGINAL_RE.match(body)
+        ):
+            unit.state = FRAMES
+            unit.opened_at = now
+            return True
+        return False
+
+    def _close(self, key: tuple[str, str]) -> list[Signal]:
+        unit = self._units.pop(key)
+        if not unit.candidates or unit.ignored:
+            return []
+        # A line that can be a root cause beats teardown noise; then rule priority; then the final one.
+        best = max(unit.candidates, key=lambda c: (can_be_root_cause(c.signal), c.priority, c.position))
+        return [best.signal]
