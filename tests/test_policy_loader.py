@@ -106,7 +106,8 @@ def test_directory_loads_sorted_yaml_and_yml(tmp_path: Path) -> None:
             [
                 "p.yaml:8:18 rules[0].match.log: missing ')' in x(",
                 "p.yaml:8:24 rules[0].match.examples: unknown key 'examples' "
-                "(expected one of: above, absent_for, below, for, log, metric, stalled_for)",
+                "(expected one of: above, above_baseline, above_job_median, absent_for, baseline, below,"
+                " below_baseline, for, log, metric, stalled_for)",
             ],
         ),
         (
@@ -120,6 +121,13 @@ def test_directory_loads_sorted_yaml_and_yml(tmp_path: Path) -> None:
         (
             "    match: {log: '(a)\\1'}\n",
             ["p.yaml:8:18 rules[0].match.log: backreferences are not supported (RE2 syntax): \\1"],
+        ),
+        (
+            "    match: {log: '\\Afoo'}\n",
+            [
+                "p.yaml:8:18 rules[0].match.log: \\A and \\z are not supported: patterns apply to each"
+                " line in multi-line mode; use ^ and $"
+            ],
         ),
         (
             "    match: {log: 'a*'}\n",
@@ -143,19 +151,31 @@ def test_directory_loads_sorted_yaml_and_yml(tmp_path: Path) -> None:
             "    match: {metric: step}\n",
             [
                 "p.yaml:8:12 rules[0].match: "
-                "metric rules need exactly one of above, below, absent_for, stalled_for"
+                "metric rules need exactly one of above, below, absent_for, stalled_for, above_baseline,"
+                " below_baseline, above_job_median"
             ],
         ),
         (
             "    match: {metric: step, above: 1, below: 0}\n",
             [
                 "p.yaml:8:12 rules[0].match: "
-                "metric rules need exactly one of above, below, absent_for, stalled_for"
+                "metric rules need exactly one of above, below, absent_for, stalled_for, above_baseline,"
+                " below_baseline, above_job_median"
             ],
         ),
         (
+            "    match: {metric: step, above: 1, baseline: 5m}\n",
+            ["p.yaml:8:47 rules[0].match.baseline: 'baseline' applies only to above_baseline,"
+             " below_baseline, above_job_median"],
+        ),
+        (
+            "    match: {metric: step, above_baseline: -2}\n",
+            ["p.yaml:8:43 rules[0].match.above_baseline: must be > 0, got -2"],
+        ),
+        (
             "    match: {metric: step, absent_for: 1m, for: 5s}\n",
-            ["p.yaml:8:48 rules[0].match.for: 'for' applies only to above / below thresholds"],
+            ["p.yaml:8:48 rules[0].match.for: 'for' applies only to above, below, above_baseline,"
+             " below_baseline, above_job_median"],
         ),
         (
             "    match: {metric: step, stalled_for: soon}\n",
@@ -344,6 +364,32 @@ def test_yaml_errors_surface_with_position(tmp_path: Path) -> None:
 def test_compile_pattern_is_multiline() -> None:
     rx = compile_pattern(r"^\s*ValueError: ")
     assert rx.search("Traceback\n  ValueError: x") is not None
+
+
+@pytest.mark.parametrize(
+    ("line", "hit"),
+    [
+        ("KeyError: 'x'", True),
+        ("[rank3]:KeyError: 'x'", True),
+        ("[rank3]: KeyError: 'x'", True),
+        ("15: [rank15]: KeyError: 'x'", True),
+        ("[1,0]<stderr>:KeyError: 'x'", True),
+        ("[default0]:KeyError: 'x'", True),
+        ("worker-3 KeyError: 'x'", False),
+        ("    raise KeyError: 'x'", False),
+    ],
+)
+def test_caret_also_matches_after_launcher_prefixes(line: str, hit: bool) -> None:
+    rx = compile_pattern(r"^KeyError: ")
+    assert (rx.search(line) is not None) is hit
+
+
+@pytest.mark.parametrize(
+    ("pattern", "literal_hit"),
+    [(r"[^a]x", "bx"), (r"\^x", "^x"), (r"[]^]x", "^x"), (r"[[:alpha:]^]x", "^x"), (r"\Q^\Ex", "^x")],
+)
+def test_caret_rewrite_leaves_classes_escapes_and_quotes_alone(pattern: str, literal_hit: str) -> None:
+    assert compile_pattern(pattern).search(literal_hit) is not None
 
 
 def test_make_signal_copies_the_rule() -> None:

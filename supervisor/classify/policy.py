@@ -32,7 +32,10 @@ every log rule's examples (``examples.match`` lines must match, ``examples.no_ma
 least one ``match`` example is required).
 
 Log patterns are applied in RE2 multi-line mode (``^`` / ``$`` also match at line breaks inside a
-multi-line log event), by `compile_pattern`, the one compiler the matcher uses as well.
+multi-line log event), and ``^`` also matches after the per-rank prefixes launchers put in front of
+a program's lines (torchrun's ``[rank3]:`` / ``[default3]:``, ``srun --label``'s ``3:``, mpirun's
+``[1,3]<stderr>:``, also stacked), so ``^KeyError: `` matches ``15: [rank15]: KeyError: 'x'``. One
+function, `effective_pattern`, does both for the loader, the examples and the matcher.
 """
 
 from __future__ import annotations
@@ -69,8 +72,20 @@ RULE_KEYS = (
     "override",
 )
 REQUIRED_RULE_KEYS = ("name", "match", "signal", "class", "scope", "action", "severity")
-MATCH_KEYS = ("log", "metric", "above", "below", "absent_for", "stalled_for", "for")
-CONDITIONS = ("above", "below", "absent_for", "stalled_for")
+CONDITIONS = (
+    "above",
+    "below",
+    "absent_for",
+    "stalled_for",
+    "above_baseline",
+    "below_baseline",
+    "above_job_median",
+)
+THRESHOLDS = ("above", "below", "above_baseline", "below_baseline", "above_job_median")
+"""Conditions judged per sample, which may be held for a while (`for`)."""
+RELATIVE = ("above_baseline", "below_baseline", "above_job_median")
+"""Conditions judged against a reference over a `baseline` window."""
+MATCH_KEYS = ("log", "metric", *CONDITIONS, "for", "baseline")
 EXAMPLE_KEYS = ("match", "no_match")
 TOP_KEYS = ("rules", "budgets", "disable")
 
@@ -114,6 +129,59 @@ def explain_re2_error(message: str) -> str:
     return f"invalid RE2 pattern: {message}"
 
 
+LAUNCHER_PREFIX = r"(?:\[(?:rank|default)\d+\]: ?|\d{1,5}: ?|\[\d+,\d+\]<std(?:out|err)>: ?)"
+"""RE2: one per-rank prefix a launcher writes before a program's line (see the module docstring)."""
+
+
+def _anchor_after_prefixes(pattern: str) -> str:
+    """Rewrite every ``^`` anchor of `pattern` (outside classes, escapes, \\Q..\\E) to also match
+    after launcher prefixes."""
+    out: list[str] = []
+    i, n, in_class = 0, len(pattern), False
+    while i < n:
+        c = pattern[i]
+        if c == "\\":
+            if pattern.startswith("\\Q", i):
+                j = pattern.find("\\E", i + 2)
+                j = n if j < 0 else j + 2
+            else:
+                j = i + 2
+            out.append(pattern[i:j])
+            i = j
+        elif in_class:
+            if pattern.startswith("[:", i):  # a POSIX class such as [:alpha:] inside [...]
+                j = pattern.find(":]", i + 2)
+                j = n if j < 0 else j + 2
+                out.append(pattern[i:j])
+                i = j
+                continue
+            in_class = c != "]"
+            out.append(c)
+            i += 1
+        elif c == "[":
+            in_class = True
+            out.append(c)
+            i += 1
+            if i < n and pattern[i] == "^":  # negation, not an anchor
+                out.append("^")
+                i += 1
+            if i < n and pattern[i] == "]":  # a literal ] first in the class
+                out.append("]")
+                i += 1
+        elif c == "^":
+            out.append(f"(?:^{LAUNCHER_PREFIX}*)")
+            i += 1
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def effective_pattern(pattern: str) -> str:
+    """The RE2 pattern a log rule's `pattern` is applied as: multi-line, ``^`` after launcher prefixes."""
+    return "(?m)" + _anchor_after_prefixes(pattern)
+
+
 def compile_pattern(pattern: str) -> Any:
     """Compile a log rule's pattern the way the matcher applies it (RE2, multi-line mode).
 
@@ -123,7 +191,7 @@ def compile_pattern(pattern: str) -> Any:
     """
     try:
         re2.compile(pattern, _OPTIONS)  # errors quote the pattern as written
-        regex = re2.compile("(?m)" + pattern, _OPTIONS)
+        regex = re2.compile(effective_pattern(pattern), _OPTIONS)
     except re2.error as exc:
         raw = exc.args[0] if exc.args else ""
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
@@ -132,6 +200,10 @@ def compile_pattern(pattern: str) -> Any:
         raise PatternError(f"invalid RE2 pattern: {exc}") from None
     if regex.search("") is not None:
         raise PatternError("pattern matches the empty string, so it would match every line")
+    if re.search(r"(?<!\\)(?:\\\\)*\\[Az]", pattern):
+        raise PatternError(
+            "\\A and \\z are not supported: patterns apply to each line in multi-line mode; use ^ and $"
+        )
     return regex
 
 
@@ -149,9 +221,15 @@ class LogMatch:
 class MetricMatch:
     """A condition on one metric of one node; exactly one of the four conditions is set.
 
-    above / below: the value is > above (< below), held for `for_s` seconds (0 = at once).
-    absent_for:    no datapoint for that many seconds.
-    stalled_for:   the value has not increased for that many seconds.
+    above / below:     the value is > above (< below), held for `for_s` seconds (0 = at once).
+    absent_for:        no datapoint for that many seconds.
+    stalled_for:       the value has not increased for that many seconds.
+    above_baseline F:  the value is > F x the median of this node's own values over the previous
+                       `baseline_s` (a loss spike); needs `MIN_BASELINE_SAMPLES` earlier values.
+    below_baseline F:  the value is < F x that median (a throughput drop).
+    above_job_median F: the value is > F x the median of the other job nodes' latest values (at
+                       most `baseline_s` old): a straggler. Needs one such peer.
+    The three relative conditions may be held with `for_s` like above / below.
     """
 
     metric: str
@@ -159,11 +237,15 @@ class MetricMatch:
     below: float | None = None
     absent_for: float | None = None
     stalled_for: float | None = None
+    above_baseline: float | None = None
+    below_baseline: float | None = None
+    above_job_median: float | None = None
     for_s: float = 0.0
+    baseline_s: float = 600.0
 
     @property
     def condition(self) -> str:
-        """Which condition this is: "above" | "below" | "absent_for" | "stalled_for"."""
+        """Which condition is set: one of `CONDITIONS`."""
         for name in CONDITIONS:
             if getattr(self, name) is not None:
                 return name
@@ -421,6 +503,12 @@ def _parse_rule(ck: Checker, doc: Document, path: DataPath, entry: object) -> _R
             for key in ("above", "below"):
                 if key in mm:
                     put(f"match.{key}", ck.number((*mp, key), mm[key]), (*mp, key))
+            for key in RELATIVE:
+                if key in mm:
+                    put(f"match.{key}", ck.number((*mp, key), mm[key], positive=True), (*mp, key))
+            if "baseline" in mm:
+                bp = (*mp, "baseline")
+                put("match.baseline", ck.duration(bp, mm["baseline"], positive=True), bp)
             for key in ("absent_for", "stalled_for"):
                 if key in mm:
                     put(f"match.{key}", ck.duration((*mp, key), mm[key], positive=True), (*mp, key))
@@ -526,7 +614,9 @@ def _merge_fields(base: dict[str, _Field], over: dict[str, _Field]) -> dict[str,
     if switched:
         out = {k: v for k, v in out.items() if not k.startswith("match.")}
     elif any(f"match.{c}" in over for c in CONDITIONS):
-        out = {k: v for k, v in out.items() if k.removeprefix("match.") not in (*CONDITIONS, "for")}
+        out = {
+            k: v for k, v in out.items() if k.removeprefix("match.") not in (*CONDITIONS, "for", "baseline")
+        }
     out.update(over)
     return out
 
@@ -561,7 +651,7 @@ def _build_rule(eff: _Effective, problems: list[Problem]) -> Rule | None:
         report(anchor, "match needs 'log' (a pattern) or 'metric' (a metric name)", match_path)
     match: LogMatch | MetricMatch | None = None
     if is_log and not is_metric:
-        for c in (*cond_keys, "for"):
+        for c in (*cond_keys, "for", "baseline"):
             if f"match.{c}" in f:
                 report(f[f"match.{c}"], f"'{c}' applies only to metric rules", f[f"match.{c}"].path)
         pattern_field = f["match.log"]
@@ -586,16 +676,19 @@ def _build_rule(eff: _Effective, problems: list[Problem]) -> Rule | None:
         if len(cond_keys) != 1:
             report(
                 f["match.metric"],
-                "metric rules need exactly one of above, below, absent_for, stalled_for",
+                "metric rules need exactly one of " + ", ".join(CONDITIONS),
                 match_path,
             )
-        elif "match.for" in f and cond_keys[0] not in ("above", "below"):
-            report(f["match.for"], "'for' applies only to above / below thresholds")
+        elif "match.for" in f and cond_keys[0] not in THRESHOLDS:
+            report(f["match.for"], "'for' applies only to " + ", ".join(THRESHOLDS))
+        elif "match.baseline" in f and cond_keys[0] not in RELATIVE:
+            report(f["match.baseline"], "'baseline' applies only to " + ", ".join(RELATIVE))
         else:
             c = cond_keys[0]
             match = MetricMatch(
                 metric=f["match.metric"].value,
                 for_s=f["match.for"].value if "match.for" in f else 0.0,
+                baseline_s=f["match.baseline"].value if "match.baseline" in f else 600.0,
                 **{c: f[f"match.{c}"].value},
             )
     if len(problems) != before or match is None:
