@@ -6,6 +6,8 @@
     ftsup classify --jsonl IN [-p POLICIES]      offline classification, one JSON verdict per window
     ftsup policy check PATH...                   validate policy files; every problem, file:line:col
     ftsup policy explain LINE [-p POLICIES]      which rules match a line, and which wins
+    ftsup policy test FILE... [-p POLICIES]      run policy unit tests (log lines, metric series,
+                                                 expected incidents and decisions)
     ftsup config check CONFIG                    validate a daemon config file
     ftsup timeline [--json] (-c CONFIG | --journal DB) [--job NAME]
 
@@ -48,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
     explain = psub.add_parser("explain", help="show which rules match a log line")
     explain.add_argument("line")
     explain.add_argument("-p", "--policies", action="append", type=Path)
+    ptest = psub.add_parser("test", help="run policy unit tests (promtool-style test files)")
+    ptest.add_argument("files", nargs="+", type=Path)
+    ptest.add_argument(
+        "-p", "--policies", action="append", type=Path, help="policies for files that name none"
+    )
 
     config = sub.add_parser("config", help="config tooling")
     csub = config.add_subparsers(dest="config_command", required=True)
@@ -98,6 +105,10 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         if args.policy_command == "check":
             return commands.policy_check([str(p) for p in args.paths], sys.stdout)
+        if args.policy_command == "test":
+            from supervisor.classify.policytest import policy_test
+
+            return policy_test(args.files, sys.stdout, args.policies or ())
         return commands.explain(args.line, [str(p) for p in _policy_paths(args.policies)], sys.stdout)
 
     if args.command == "config":
