@@ -2,8 +2,9 @@
 
 Every ``interval_s`` it puts, in namespace ``ftsup/Trainer`` with dimensions ``Job``/``Node`` and
 ``StorageResolution=1``: ``step``, ``loss`` (only when finite), ``loss_nonfinite``, ``tokens_per_s``,
-``step_time_s`` and ``heartbeat`` (always 1.0). The thread is independent of the training loop, so the
-heartbeat keeps beating while the loop hangs: liveness and progress are separate signals.
+``step_time_s``, ``compute_probe_s`` (see `trainer.probe`) and ``heartbeat`` (always 1.0). The
+thread is independent of the training loop, so the heartbeat keeps beating while the loop hangs:
+liveness and progress are separate signals.
 A failed put never propagates; it is logged as ``metrics_error`` at most every 30 s.
 """
 
@@ -29,6 +30,7 @@ class _Latest:
     loss: float | None = None
     tokens_per_s: float | None = None
     step_time_s: float | None = None
+    compute_probe_s: float | None = None
 
 
 class MetricsPublisher:
@@ -69,11 +71,14 @@ class MetricsPublisher:
         loss: float | None = None,
         step_time_s: float | None = None,
         tokens_per_s: float | None = None,
+        compute_probe_s: float | None = None,
     ) -> None:
         """Record the latest step's statistics (cheap; called from the training loop). ``None`` fields
-        are not published (e.g. right after a resume, before the first step has a loss)."""
+        are not published (e.g. right after a resume, before the first step has a loss); a probe
+        value, measured every few steps, is kept until the next one."""
         with self._lock:
-            self._latest = _Latest(step, loss, tokens_per_s, step_time_s)
+            probe = compute_probe_s if compute_probe_s is not None else self._latest.compute_probe_s
+            self._latest = _Latest(step, loss, tokens_per_s, step_time_s, probe)
 
     def stop(self, final_publish: bool = True) -> None:
         """Stop the thread; optionally publish once more so the final step is visible."""
@@ -103,6 +108,8 @@ class MetricsPublisher:
             values["tokens_per_s"] = latest.tokens_per_s
         if latest.step_time_s is not None and math.isfinite(latest.step_time_s):
             values["step_time_s"] = latest.step_time_s
+        if latest.compute_probe_s is not None and math.isfinite(latest.compute_probe_s):
+            values["compute_probe_s"] = latest.compute_probe_s
         return [
             {
                 "MetricName": name,

@@ -32,8 +32,10 @@ from trainer.faults import FaultInjector, FaultRequest
 from trainer.jsonlog import JsonLogger, json_float
 from trainer.metrics import MetricsPublisher
 from trainer.model import GPT
+from trainer.probe import compute_probe
 
 _PR_SET_PDEATHSIG = 1
+PROBE_EVERY = 10  # steps between compute probes (a few ms each)
 
 
 def _die_with_parent() -> None:
@@ -167,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             tokens_per_s=round(tokens_per_s, 1),
         )
         if metrics is not None:
-            metrics.update(step, loss, step_time, tokens_per_s)
+            probe = compute_probe(device) if step % PROBE_EVERY == 0 else None
+            metrics.update(step, loss, step_time, tokens_per_s, probe)
         ckpt.poll()
         if step % cfg.ckpt_every == 0:
             ckpt.save(step, model, optimizer, loss)

@@ -4,9 +4,12 @@
 current time. Two entry points:
 
 * `observe(sample)`: feed one datapoint; returns the Signals of threshold rules it makes true
-  (``above`` / ``below``; those with ``for`` > 0 fire once the breach has lasted that long, judged
-  by the samples' own timestamps). A NaN value breaches every threshold (non-finite never reads
-  as healthy).
+  (``above`` / ``below`` and the relative ``above_baseline`` / ``below_baseline`` (against the
+  node's own trailing median: a loss spike, a throughput drop) and ``above_job_median`` (against
+  the other nodes' latest values: a straggler); those with ``for`` > 0 fire once the breach has
+  lasted that long, judged by the samples' own timestamps). A NaN value breaches every threshold
+  (non-finite never reads as healthy). A relative condition without enough reference (fewer
+  than `MIN_BASELINE_SAMPLES` earlier values of the node, no peer) is not breached.
 * `evaluate(now, nodes, source_up)`: time-based conditions for the given job nodes:
   ``absent_for`` (no datapoint for T), ``stalled_for`` (value not increasing for T) and thresholds
   held for their ``for`` T.
@@ -30,11 +33,18 @@ not the time `evaluate` happened to run, so replays give identical signals.
 from __future__ import annotations
 
 import math
+import statistics
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from supervisor.classify.policy import MetricMatch, PolicySet, Rule, make_signal
+from supervisor.classify.policy import RELATIVE, THRESHOLDS, MetricMatch, PolicySet, Rule, make_signal
 from supervisor.vocabulary import MetricSample, Signal
+
+MIN_BASELINE_SAMPLES = 5
+"""Earlier values a node needs before its own baseline means anything."""
+MAX_HISTORY = 2048
+"""Values kept per node and metric for baselines (a bound on memory at any sample rate)."""
 
 
 @dataclass
@@ -42,6 +52,7 @@ class _RuleState:
     # thresholds
     since: float | None = None  # timestamp of the first sample of the current breach
     last_value: float = math.nan
+    reference: float | None = None  # the baseline / peer median the last sample was judged against
     # absence
     last_seen: float | None = None
     # stall
@@ -57,6 +68,8 @@ class _NodeState:
     epoch: float  # when this node's clocks (re)started: reset time or first sight
     ignore_before: float | None = None  # samples stamped earlier belong to a previous attempt
     rules: dict[str, _RuleState] = field(default_factory=dict)
+    # per metric: recent finite (timestamp, value) for baselines, and the latest one for peers
+    history: dict[str, deque[tuple[float, float]]] = field(default_factory=dict)
 
     def rule(self, name: str) -> _RuleState:
         st = self.rules.get(name)
@@ -65,13 +78,22 @@ class _NodeState:
         return st
 
 
-def _breaches(m: MetricMatch, value: float) -> bool:
+def _breaches(m: MetricMatch, value: float, reference: float | None) -> bool:
+    """Whether `value` breaches threshold `m`; `reference` is the baseline / peer median (if any)."""
     if math.isnan(value):
         return True
     if m.above is not None:
         return value > m.above
     if m.below is not None:
         return value < m.below
+    if reference is None:
+        return False
+    if m.above_baseline is not None:
+        return value > m.above_baseline * reference
+    if m.below_baseline is not None:
+        return value < m.below_baseline * reference
+    if m.above_job_median is not None:
+        return value > m.above_job_median * reference
     return False
 
 
@@ -86,6 +108,11 @@ class MetricWatch:
         self._by_metric: dict[str, list[tuple[Rule, MetricMatch]]] = {}
         for r, m in self._rules:
             self._by_metric.setdefault(m.metric, []).append((r, m))
+        # how far back baselines look, per metric (history older than that is dropped)
+        self._keep_s: dict[str, float] = {}
+        for _, m in self._rules:
+            if m.condition in RELATIVE:
+                self._keep_s[m.metric] = max(self._keep_s.get(m.metric, 0.0), m.baseline_s)
         self._nodes: dict[str, _NodeState] = {}
         self._members: frozenset[str] | None = None
         self._blind = False
@@ -139,16 +166,19 @@ class MetricWatch:
         for rule, m in rules:
             st = node.rule(rule.name)
             cond = m.condition
-            if cond in ("above", "below"):
+            if cond in THRESHOLDS:
                 st.last_value = value
-                if _breaches(m, value):
+                reference = self._reference(sample.node, node, m, ts) if cond in RELATIVE else None
+                st.reference = reference
+                if _breaches(m, value, reference):
                     if st.since is None:
                         st.since = ts
                     if not st.fired and ts - st.since >= m.for_s:
                         st.fired = True
                         st.fired_clock = st.since
                         at = st.since + m.for_s if m.for_s > 0 else ts
-                        out.append(make_signal(rule, sample.node, at, self._threshold_evidence(m, value)))
+                        ev = self._threshold_evidence(m, value, reference)
+                        out.append(make_signal(rule, sample.node, at, ev))
                 else:
                     st.since = None
                     st.fired = False
@@ -165,7 +195,36 @@ class MetricWatch:
                     if st.progress_at is None or ts > st.progress_at:
                         st.progress_at = ts
                     st.fired = False
+        if math.isfinite(value) and sample.metric in self._keep_s:
+            hist = node.history.get(sample.metric)
+            if hist is None:
+                hist = node.history[sample.metric] = deque(maxlen=MAX_HISTORY)
+            if not hist or ts >= hist[-1][0]:
+                hist.append((ts, value))
         return out
+
+    def _reference(self, name: str, node: _NodeState, m: MetricMatch, ts: float) -> float | None:
+        """The baseline (own trailing median) or peer median a relative condition compares with."""
+        since = ts - m.baseline_s
+        if m.above_job_median is not None:
+            peers = []
+            for other, st in self._nodes.items():
+                if other == name or (self._members is not None and other not in self._members):
+                    continue
+                hist = st.history.get(m.metric)
+                if hist and hist[-1][0] >= since:
+                    peers.append(hist[-1][1])
+            return statistics.median(peers) if peers else None
+        hist = node.history.get(m.metric)
+        if not hist:
+            return None
+        keep_from = ts - self._keep_s.get(m.metric, m.baseline_s)
+        while hist and hist[0][0] < keep_from:  # older than the longest window of this metric
+            hist.popleft()
+        window = [v for t, v in hist if since <= t < ts]
+        if len(window) < MIN_BASELINE_SAMPLES:
+            return None
+        return statistics.median(window)
 
     def evaluate(self, now: float, nodes: Iterable[str], source_up: bool) -> list[Signal]:
         """Time-based conditions on `nodes` at `now`; nothing fires while the source is blind.
@@ -205,16 +264,23 @@ class MetricWatch:
                         out.append(make_signal(rule, name, start + m.stalled_for, ev))
                 elif m.for_s > 0 and st.since is not None and now - st.since >= m.for_s:
                     st.fired, st.fired_clock = True, st.since
-                    ev = self._threshold_evidence(m, st.last_value)
+                    ev = self._threshold_evidence(m, st.last_value, st.reference)
                     out.append(make_signal(rule, name, st.since + m.for_s, ev))
         order = {r.name: r.order for r, _ in self._rules}
         out.sort(key=lambda s: (s.timestamp, order.get(s.rule, 0), s.node))
         return out
 
     @staticmethod
-    def _threshold_evidence(m: MetricMatch, value: float) -> str:
+    def _threshold_evidence(m: MetricMatch, value: float, reference: float | None = None) -> str:
+        ref = f"{reference:g}" if reference is not None else "n/a"
         if m.above is not None:
             text = f"{m.metric}={value:g} above {m.above:g}"
-        else:
+        elif m.below is not None:
             text = f"{m.metric}={value:g} below {m.below:g}"
+        elif m.above_baseline is not None:
+            text = f"{m.metric}={value:g} above {m.above_baseline:g}x its {m.baseline_s:g}s median ({ref})"
+        elif m.below_baseline is not None:
+            text = f"{m.metric}={value:g} below {m.below_baseline:g}x its {m.baseline_s:g}s median ({ref})"
+        else:
+            text = f"{m.metric}={value:g} above {m.above_job_median:g}x the other nodes' median ({ref})"
         return f"{text} for {m.for_s:g}s" if m.for_s > 0 else text
