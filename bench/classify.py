@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         "speedup": round((len(lines) / best) / (len(base_lines) / base), 2),
     }
     print(f"rules loaded:          {result['rules']} ({result['log_rules']} log rules)")
-    print(f"stream:                {len(lines):,} lines, {healthy_share:.3%} matching no rule")
+    print(f"stream:                {len(lines):,} lines, {healthy_share:.3%} yielding no signal")
     print(f"ftsup (RE2 set):       {result['lines_per_s']:>12,.0f} lines/s  (best of 3, one core)")
     print(f"baseline (re loop):    {result['baseline_lines_per_s']:>12,.0f} lines/s  ({len(base_lines):,} lines)")
     print(f"speedup:               {result['speedup']:>12.1f}x")

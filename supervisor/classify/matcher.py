@@ -16,6 +16,11 @@ the canary means the DFA gave up, and the text is matched rule by rule with the 
 Contracts:
 * At most one `Signal` per line: the best matching rule wins (highest `priority`, then earliest
   declaration order). `explain` lists every matching rule, best first.
+* Quiet rules (action ``ignore`` at severity ``info``: NCCL INFO chatter, plugin probes, warnings,
+  launcher teardown) only keep other rules off the lines they match: when one wins, `classify`
+  returns None. A chunk whose only hits are quiet rules is cleared by `any_match` at once, which
+  matters because healthy jobs print such lines all the time. Ignore rules at ``warning`` still
+  yield a signal (journaled as evidence, counted in metrics).
 * Input is cleaned before matching: ANSI escape sequences, NUL and other C0 control characters
   (except tab / newline) are removed, carriage returns become line breaks, text beyond
   `MAX_LINE_BYTES` is ignored, unencodable characters (lone surrogates) are replaced.
@@ -42,7 +47,7 @@ from supervisor.classify.policy import (
     make_signal,
     re2_options,
 )
-from supervisor.vocabulary import Signal
+from supervisor.vocabulary import Severity, Signal, Verdict
 
 MAX_LINE_BYTES = 1 << 20
 """Only the first 1 MiB of a line is matched."""
@@ -53,9 +58,21 @@ MAX_EVIDENCE_CHARS = 2048
 SET_MAX_MEM = 64 << 20
 """DFA memory budget of the rule set (allocated lazily; RE2's default of 8 MiB thrashes sooner)."""
 
+STRUCTURE_PATTERNS = (
+    r"^\s*Traceback \(most recent call last\):",
+    r"^\s*Exception ignored in: ",
+    r"^\s+File \"[^\"]*\", line \d+",
+    r"^\s*terminate called after throwing an instance of ",
+    r"^\s*[│╭╰]",
+)
+"""Lines that change how the following lines are read (`supervisor.classify.units`): a traceback
+header or frame, Python's "Exception ignored", C++'s uncaught-exception report, a rich traceback box.
+They are in the set so that one scan also tells whether a chunk of lines holds any of them."""
+
 CANARY = "\x01ftsup-canary\x01"
 """A line no cleaned log text can contain (control characters are removed by `clean_text`)."""
 _CANARY_SUFFIX = "\n" + CANARY
+_CANARY_SUFFIX_BYTES = _CANARY_SUFFIX.encode()
 
 _ANSI_RE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
 _CTRL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -103,6 +120,11 @@ def _evidence(text: str, start: int, end: int) -> str:
     return prefix + text[lo + len(prefix) : hi - len(suffix)] + suffix
 
 
+def is_quiet(rule: Rule) -> bool:
+    """A rule that only keeps other rules off a line: action ignore at severity info."""
+    return rule.action is Verdict.IGNORE and rule.severity is Severity.INFO
+
+
 class LogClassifier:
     """Classifies log lines against a fixed set of log rules (metric rules are ignored).
 
@@ -117,6 +139,7 @@ class LogClassifier:
             key=lambda rp: (-rp[0].priority, rp[0].order),
         )
         self._rules: tuple[Rule, ...] = tuple(r for r, _ in ranked)
+        self._quiet = frozenset(i for i, r in enumerate(self._rules) if is_quiet(r))
         self._regexes: tuple[Any, ...] = tuple(compile_pattern(p) for _, p in ranked)
         self._set: Any = None
         self.dfa_failures = 0  # set matches that fell back to per-rule regexes (observability)
@@ -127,6 +150,8 @@ class LogClassifier:
             for i, (rule, pattern) in enumerate(ranked):
                 if s.Add(effective_pattern(pattern)) != i:  # pragma: no cover - RE2 numbers patterns in order
                     raise RuntimeError(f"re2.Set index mismatch for rule {rule.name}")
+            for pattern in STRUCTURE_PATTERNS:
+                s.Add(effective_pattern(pattern))
             self._canary = s.Add("(?m)^" + re.escape(CANARY) + "$")
             s.Compile()
             self._set = s
@@ -136,15 +161,18 @@ class LogClassifier:
         """The log rules, best first (the order ties are broken in)."""
         return self._rules
 
-    def _set_match(self, text: str) -> list[int] | None:
+    def _set_match(self, text: str | bytes) -> list[int] | None:
         """Indexes of the rules matching `text` (canary excluded); None when the DFA gave up."""
         try:
-            found = self._set.Match(text + _CANARY_SUFFIX)
+            if isinstance(text, bytes):
+                found = self._set.Match(text + _CANARY_SUFFIX_BYTES)
+            else:
+                found = self._set.Match(text + _CANARY_SUFFIX)
         except Exception:  # defensive: the binding must never take the daemon down
             return None
         if not found or self._canary not in found:
             return None
-        return sorted(i for i in found if i != self._canary)
+        return sorted(i for i in found if i != self._canary)  # rule indexes, then structure lines
 
     def _candidates(self, text: str) -> list[int]:
         if self._set is None or not text:
@@ -153,19 +181,20 @@ class LogClassifier:
         if found is None:
             self.dfa_failures += 1
             found = [i for i, rx in enumerate(self._regexes) if rx.search(text) is not None]
-        return found
+        n = len(self._rules)
+        return [i for i in found if i < n]
 
-    def any_match(self, text: str) -> bool:
-        """Whether some rule may match somewhere in `text` (cleaned lines joined with newlines).
+    def any_match(self, text: str | bytes) -> bool:
+        """Whether some rule or `STRUCTURE_PATTERNS` line may match in `text` (cleaned lines, joined).
 
-        Exact for each line of the text (patterns are per line in multi-line mode); a pattern that
-        spans a line break can make it say True for lines that match nothing on their own, never
-        False for a line that matches. True when the set matcher gave up (never blind).
+        `text` may be UTF-8 bytes. Exact for each line (patterns are per line in multi-line mode);
+        a pattern that spans a line break can make it say True for lines that match nothing on their
+        own, never False for a line that matches. True when the set matcher gave up (never blind).
         """
         if self._set is None or not text:
             return False
         found = self._set_match(text)
-        return found is None or bool(found)
+        return found is None or any(i not in self._quiet for i in found)
 
     def classify(
         self,
@@ -188,7 +217,7 @@ class LogClassifier:
     ) -> Signal | None:
         """`classify` for text already passed through `clean_text`."""
         found = self._candidates(clean)
-        if not found:
+        if not found or found[0] in self._quiet:
             return None
         best = found[0]
         rule = self._rules[best]

@@ -22,15 +22,22 @@ process 0.`` followed by ``Original Traceback (most recent call last):`` and the
 exception) continues the unit the same way.
 
 When the unit closes (the next line of the stream is neither blank nor a chain marker, or `flush`),
-it yields **one** signal: the candidate whose rule ranks best (highest priority; a specific rule such
-as an NCCL error or CUDA OOM beats the generic exception rule), and among equals the final exception
-of the chain, as Python reports it last. Teardown noise (torchrun's own ChildFailedError traceback)
-never beats a line that can be a root cause. Its `line_index` / `timestamp` are those of that exception
-line, so the root-cause line is recorded exactly.
+it yields **one** signal: the candidate that ranks best — a line that can be a root cause, then the
+highest rule priority (a specific rule such as an NCCL error or CUDA OOM beats the generic exception
+rule that matches the wrapper raised while handling it), and among equals the final exception of
+the chain, as Python reports it last (a DataLoader worker's own ``KeyError: 0`` after the
+``Caught KeyError in DataLoader worker process 0`` that wraps it). Teardown noise (torchrun's own
+ChildFailedError traceback) never beats a line that can be a root cause. Its `line_index` /
+`timestamp` are those of that exception line, so the root-cause line is recorded exactly.
 
-Lines outside tracebacks are classified one by one as before. A traceback that Python prints after
-``Exception ignored in: <function ...__del__>`` (an exception it could not raise, typically at
-interpreter exit) yields nothing. A unit whose exception line never
+Lines outside tracebacks are classified one by one. Partial views and other shapes: a frame line
+(``  File "x.py", line 3``) seen without its header opens a unit as a header would; an indented
+``raise ...`` line or a line of a rich traceback box (``│``, ``╭``, ``╰``) outside a unit is
+quoted source, never evidence; C++'s ``terminate called after throwing an instance of
+'c10::Error'`` and its ``  what():  ...`` line are one unit in which the ``what()`` line, when a
+rule matches it, decides. A traceback that Python prints after ``Exception ignored in:
+<function ...__del__>`` (an exception it could not raise, typically at interpreter exit) yields
+nothing. A unit whose exception line never
 comes (the process died mid-print) is dropped by `flush` without a signal; its frame lines were
 never evidence of anything.
 
@@ -55,6 +62,15 @@ _PREFIX_RE = re.compile(r"^(?:(?:\[(?:rank|default)\d+\]:|\d{1,5}:|\[\d+,\d+\]<s
 # Python's report of an exception it cannot raise (in __del__, at interpreter exit): the traceback
 # that follows is not a failure of the program.
 _IGNORED_RE = re.compile(r"^\s*Exception ignored in: ")
+# A frame line of a traceback whose header is not in view (the window or the stream starts mid-way).
+_FRAME_RE = re.compile(r'^\s+File "[^"]*", line \d+')
+# An echoed source line that raises: never a report of an error by itself.
+_RAISE_RE = re.compile(r"^\s+raise\b")
+# rich's boxed tracebacks: every frame line is drawn inside a box.
+_BOX_RE = re.compile(r"^\s*[│╭╰]")
+# C++'s report of an uncaught exception (std::terminate): the next line, "  what():  ...", says what.
+_TERMINATE_RE = re.compile(r"^\s*terminate called after throwing an instance of ")
+_WHAT_RE = re.compile(r"^\s*what\(\):")
 _TRACEBACK_RE = re.compile(r"^\s*Traceback \(most recent call last\):\s*$")
 # PyTorch's DataLoader (and other ExceptionWrapper users) re-raise a worker's exception with the
 # worker's traceback inside the message: "KeyError: Caught KeyError in DataLoader worker process 0."
@@ -70,11 +86,15 @@ _EXCEPTION_RE = re.compile(r"^[A-Za-z_][\w.]*(?::(?: .*)?)?$")
 CHUNK_LINES = 128
 """Lines scanned with one set match by `feed_many` (amortises the per-call cost of the binding)."""
 _SIMPLE_MAX_CHARS = MAX_LINE_BYTES // 4  # below this many characters, any text is within the byte cap
+# The UTF-8 bytes clean_text leaves alone: tab, printable ASCII, and every byte of a multi-byte
+# character (all >= 0x80); what remains are C0 controls, DEL, CR, ESC and line breaks.
+_KEPT_BYTES = bytes([9, *range(0x20, 0x7F), *range(0x80, 0x100)])
 _BISECT_MIN = 8  # a chunk with a hit is halved down to this many lines, then matched line by line
 
 FRAMES = "frames"
 AFTER_EXCEPTION = "after_exception"
 CHAIN = "chain"
+TERMINATE = "terminate"  # after a C++ "terminate called ...", waiting for its what() line
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +102,10 @@ class _Candidate:
     signal: Signal
     priority: int
     position: int  # exception number within the chain (later = higher)
+
+    def rank(self) -> tuple[bool, int, int]:
+        """Larger is better: can be a root cause (not teardown noise), rule priority, later."""
+        return (can_be_root_cause(self.signal), self.priority, self.position)
 
 
 @dataclass
@@ -150,16 +174,20 @@ class StreamClassifier:
         out: list[Signal] = []
         for start in range(0, len(lines), CHUNK_LINES):
             chunk = lines[start : start + CHUNK_LINES]
-            joined = "\n".join(item[1] for item in chunk)
+            joined = "\n".join([item[1] for item in chunk])
             # Nothing for clean_text to change: printable (no controls, ESC, CR, lone surrogates),
             # one line per item, and short enough that no line reaches the byte cap.
-            simple = (
-                len(joined) < _SIMPLE_MAX_CHARS
-                and joined.count("\n") == len(chunk) - 1
-                and joined.replace("\n", " ").isprintable()
-            )
-            if simple:
-                self._scan(chunk, joined, now, out)
+            scan: bytes | None = None
+            if len(joined) < _SIMPLE_MAX_CHARS:
+                try:
+                    raw = joined.encode("utf-8")  # strict: a lone surrogate needs cleaning
+                except UnicodeEncodeError:
+                    raw = b""
+                # Delete every byte clean_text keeps; only the separators may be left.
+                if raw and len(raw.translate(None, _KEPT_BYTES)) == len(chunk) - 1:
+                    scan = raw
+            if scan is not None:
+                self._scan(chunk, scan, now, out)
                 continue
             for node, text, ts, event_id, line_index in chunk:
                 out.extend(self.feed(node, text, ts, now=now, event_id=event_id, line_index=line_index))
@@ -168,14 +196,14 @@ class StreamClassifier:
     def _scan(
         self,
         chunk: Sequence[tuple[str, str, float, str | None, int | None]],
-        joined: str,
+        joined: bytes | str,
         now: float,
         out: list[Signal],
     ) -> None:
         """Feed clean lines: skip them at once when nothing can happen, else narrow down by halves."""
-        if not self._units and "Traceback (most recent" not in joined:
+        if not self._units:
             if not self.classifier.any_match(joined):
-                return  # no rule matches any line, and no traceback is open or starting
+                return  # no rule and no structure line (traceback, frame, terminate) matches
             if len(chunk) > _BISECT_MIN:
                 half = len(chunk) // 2
                 first, second = chunk[:half], chunk[half:]
@@ -217,7 +245,7 @@ class StreamClassifier:
             if self._inside(unit, body, node, line, timestamp, now, event_id, line_index):
                 return
             out.extend(self._close(key))  # the unit ended before this line
-        if _TRACEBACK_RE.match(body):
+        if _TRACEBACK_RE.match(body) or _FRAME_RE.match(body):
             self._units[key] = _Unit(FRAMES, now, ignored=key in self._ignoring)
             self._ignoring.discard(key)
             return
@@ -225,7 +253,14 @@ class StreamClassifier:
             self._ignoring.add(key)
             return
         self._ignoring.discard(key)
+        if _RAISE_RE.match(body) or _BOX_RE.match(body):
+            return  # source code quoted by a traceback we see only part of
         found = self.classifier.classify_clean(node, line, timestamp, event_id, line_index)
+        if _TERMINATE_RE.match(body):
+            unit = self._units[key] = _Unit(TERMINATE, now)
+            if found is not None:
+                unit.candidates.append(_Candidate(found, self._priority.get(found.rule, 0), 0))
+            return
         if found is not None:
             out.append(found)
 
@@ -241,6 +276,15 @@ class StreamClassifier:
         line_index: int | None,
     ) -> bool:
         """Whether `body` belongs to `unit` (consumed); False closes the unit before the line."""
+        if unit.state == TERMINATE:
+            if not _WHAT_RE.match(body):
+                return False
+            unit.state = AFTER_EXCEPTION
+            unit.opened_at = now
+            found = self.classifier.classify_clean(node, line, timestamp, event_id, line_index)
+            if found is not None:  # what() names the error: it replaces the generic terminate line
+                unit.candidates = [_Candidate(found, self._priority.get(found.rule, 0), 1)]
+            return True
         if unit.state == FRAMES:
             if not body.strip() or body[:1].isspace() or body.startswith("^"):
                 unit.opened_at = now
@@ -272,6 +316,5 @@ class StreamClassifier:
         unit = self._units.pop(key)
         if not unit.candidates or unit.ignored:
             return []
-        # A line that can be a root cause beats teardown noise; then rule priority; then the final one.
-        best = max(unit.candidates, key=lambda c: (can_be_root_cause(c.signal), c.priority, c.position))
+        best = max(unit.candidates, key=_Candidate.rank)
         return [best.signal]

@@ -56,8 +56,9 @@ def replay(events: list[LogEvent], cuts: list[int]) -> list[tuple[str, str, str]
             clock.now = batch[-1].timestamp + 1.0  # read back about a second after the last line
             engine.process_batch(SourceBatch("logs", batch, (), None, SourceHealth("logs", True, clock.now)))
             engine.tick()
-        clock.now += 60
-        engine.tick()
+        for _ in range(120):  # the engine keeps ticking: traceback units close, incidents settle
+            clock.now += 0.5
+            engine.tick()
         out = [
             (h.incident.root_cause.rule, h.incident.root_cause.node, h.decision.verdict.value)
             for h in engine.snapshot().handled

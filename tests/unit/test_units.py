@@ -158,13 +158,13 @@ W1128 04:26:01.123 NCCL error in: ProcessGroupNCCL.cpp: remote process exited"""
     assert feed_all(stream, text) == [("nccl-error", 2)]
 
 
-def test_teardown_traceback_never_beats_a_cause_and_stays_noise(stream: StreamClassifier) -> None:
+def test_teardown_traceback_is_quiet(stream: StreamClassifier) -> None:
     text = """Traceback (most recent call last):
   File "/usr/bin/torchrun", line 8, in <module>
     sys.exit(main())
 torch.distributed.elastic.multiprocessing.errors.ChildFailedError: boom
 ============================================================"""
-    assert feed_all(stream, text) == [("child-failed", 3)]
+    assert feed_all(stream, text) == []  # an ignore rule at severity info only keeps others off
 
 
 def test_multi_line_event_is_fed_line_by_line(stream: StreamClassifier) -> None:
@@ -243,4 +243,26 @@ def test_stacked_launcher_prefixes_key_the_stream(stream: StreamClassifier) -> N
 15: [rank15]:     raise ValueError("CUDA out of memory")
 15: [rank15]: AssertionError: num_layers should be divisible by pipeline_model_parallel_size"""
     # one unit (the source line is not evidence); "^" in the rule also matches after the prefixes
+    assert feed_all(stream, text) == [("generic-exception", 3)]
+
+
+def test_cpp_terminate_what_line_decides(stream: StreamClassifier) -> None:
+    text = """terminate called after throwing an instance of 'c10::DistBackendError'
+  what():  [Rank 6] NCCL error in: ProcessGroupNCCL.cpp:1970, watchdog timeout
+Fatal Python error: Aborted"""
+    assert feed_all(stream, text) == [("nccl-error", 1)]
+
+
+def test_frames_without_their_header_are_still_a_unit(stream: StreamClassifier) -> None:
+    text = """  File "/opt/torch/nn/modules/module.py", line 1518, in _call_impl
+    raise torch.OutOfMemoryError("CUDA out of memory")
+ValueError: bad shape"""
+    assert feed_all(stream, text) == [("generic-exception", 2)]
+
+
+def test_quoted_raise_and_rich_box_lines_are_not_evidence(stream: StreamClassifier) -> None:
+    text = """    raise RuntimeError('NCCL error in: {}'.format(x))
+│   2585 │   │   raise torch.OutOfMemoryError("CUDA out of memory")                    │
+╰──────────────────────────────────────────────────────────────────────────────────────╯
+KeyError: 'decoder.weight'"""
     assert feed_all(stream, text) == [("generic-exception", 3)]
