@@ -51,6 +51,7 @@ from supervisor.vocabulary import (
     Cursor,
     Decision,
     Incident,
+    JobObservation,
     LogEvent,
     Mode,
     Signal,
@@ -338,18 +339,40 @@ class Engine:
         self._save_cursors_if_settled()
 
     def _check_exits(self, now: float, every_s: float = 1.0) -> None:
-        """Turn a failed exit of the current attempt's processes into a signal, once per attempt."""
+        """Observe the job once a second: adopt a relaunch done outside ftsup (a scheduler's own
+        requeue, an operator), and turn a failed exit of the current attempt's processes into a
+        signal, once per attempt."""
         st = self._state
-        if self.actuator is None or now - st.exit_checked_at < every_s or st.exit_reported == st.job.attempt:
+        if self.actuator is None or now - st.exit_checked_at < every_s:
             return
         st.exit_checked_at = now
         seen = self.actuator.observe()
-        if seen.attempt != st.job.attempt:
+        if seen.attempt > st.job.attempt:
+            self._adopt_relaunch(seen, now)
+            return
+        if seen.attempt != st.job.attempt or st.exit_reported == st.job.attempt:
             return
         found = exit_signal(self.job, seen.attempt, seen.exit_codes, now)
         if found is not None:
             st.exit_reported = seen.attempt
             self._accept([found], now)
+
+    def _adopt_relaunch(self, seen: JobObservation, now: float) -> None:
+        """The job runs a newer attempt than ftsup launched: Slurm requeued it after a node went
+        down, or an operator restarted it. Follow it (nodes, launch time, metric clocks) without
+        counting it against ftsup's restart budget: ftsup did not decide it."""
+        old = self._state.job
+        log.warning(
+            "job relaunched outside ftsup; following it",
+            attempt=seen.attempt,
+            previous=old.attempt,
+            nodes=list(seen.nodes),
+        )
+        started = seen.launched_at or now
+        self.journal.update_attempt(
+            self.job, old.attempt, ended_at=started, end_reason="relaunched outside ftsup"
+        )
+        self._adopt(seen, started, restarted_at=None)
 
     def _current(self, timestamp: float) -> bool:
         """Lines from before the current launch belong to a replaced attempt."""
@@ -475,9 +498,22 @@ class Engine:
     def _after_relaunch(self, result: ActionResult, cause: str | None) -> None:
         assert self.actuator is not None
         seen = self.actuator.observe()
-        old = self._state.job
         if cause is not None:
-            self.journal.update_attempt(self.job, old.attempt, ended_at=result.started_at, end_reason=cause)
+            self.journal.update_attempt(
+                self.job, self._state.job.attempt, ended_at=result.started_at, end_reason=cause
+            )
+        self._adopt(
+            seen,
+            seen.launched_at or result.finished_at,
+            restarted_at=result.finished_at if cause is not None else None,
+            cause=cause,
+        )
+
+    def _adopt(
+        self, seen: JobObservation, launched_at: float, restarted_at: float | None, cause: str | None = None
+    ) -> None:
+        """Make the observed attempt the current one: membership, launch time, fresh progress."""
+        old = self._state.job
         with self._lock:
             self._state.job = replace(
                 old,
@@ -485,13 +521,11 @@ class Engine:
                 nodes=seen.nodes,
                 spares=seen.spares,
                 cordoned=seen.cordoned,
-                restarts=(*old.restarts, result.finished_at) if cause is not None else old.restarts,
+                restarts=(*old.restarts, restarted_at) if restarted_at is not None else old.restarts,
             )
             self._state.launched_at = seen.launched_at
             self._state.progress = _Progress()
-        self.journal.add_attempt(
-            self.job, seen.attempt, seen.nodes, seen.launched_at or result.finished_at, cause
-        )
+        self.journal.add_attempt(self.job, seen.attempt, seen.nodes, launched_at, cause)
         self.watch.reset(self.clock(), seen.nodes)
         if self.metrics is not None:
             self.metrics.attempt(self.job, seen.attempt)

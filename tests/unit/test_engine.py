@@ -306,3 +306,29 @@ def test_without_a_metrics_source_absence_rules_never_fire(tmp_path: Path, polic
         engine.tick()
     assert engine.snapshot().handled == ()
     assert actuator.applied == []
+
+
+def test_a_relaunch_done_outside_ftsup_is_followed_not_counted(tmp_path: Path, policy: PolicySet) -> None:
+    """Slurm requeues a job by itself when a node goes down: ftsup follows the new attempt (nodes,
+    launch time) so its lines are current, and its restart budget is untouched."""
+    clock = Clock()
+    engine, actuator = make_engine(tmp_path, policy, clock)
+    budget = engine.restart_budget_left()
+    clock.now = T0 + 30
+    actuator.attempt = 1  # the scheduler relaunched the job on other nodes
+    actuator.nodes = ["node-2", "node-3"]
+    actuator.launched_at = T0 + 25
+    engine.tick()
+    snap = engine.snapshot()
+    assert (snap.attempt, snap.nodes, snap.launched_at) == (1, ("node-2", "node-3"), T0 + 25)
+    assert engine.restart_budget_left() == budget
+    attempts = engine.journal.attempts("job")
+    assert [(a.attempt, a.end_reason) for a in attempts] == [(0, "relaunched outside ftsup"), (1, None)]
+    # a line of the old attempt is stale; a line of the new one opens an incident on the new nodes
+    clock.now = T0 + 40
+    engine.process_batch(logs(("node-0", 20.0, GLOO), ("node-2", 39.0, GLOO)))
+    clock.now = T0 + 45
+    engine.tick()
+    run_action(engine, actuator)
+    (handled,) = engine.snapshot().handled
+    assert handled.incident.root_cause.node == "node-2" and handled.incident.attempt == 1
