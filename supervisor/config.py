@@ -4,8 +4,11 @@
 wrong types, out-of-range numbers, invalid names and URLs are all reported together in one
 `ConfigError` whose problems name ``file:line:col path``. Every key is optional except
 ``job.name`` and ``job.log_group``. Relative paths (``policies``, ``journal.path``,
-``actuator.local.run_dir``) are resolved against the config file's directory; the loaded `Config`
-holds absolute paths.
+``actuator.local.run_dir``, the paths of ``actuator.slurm``, ``approval_dir`` and ``kubeconfig`` of
+the backend blocks) are resolved against the config file's directory; the loaded `Config` holds
+absolute paths. The ``kubernetes``, ``aws_asg`` and ``hyperpod`` blocks are checked by their
+backends' own readers (`check_settings` of supervisor.act.kubernetes / aws_asg / hyperpod, the code
+their `from_settings` runs), and each problem they name is placed at its file:line:col.
 
 Example (all values shown are the defaults unless marked)::
 
@@ -25,9 +28,35 @@ Example (all values shown are the defaults unless marked)::
     mode: observe                                 # observe | act
     incidents: {settle_s: 5.0}
     actuator:
-      kind: local                                 # slurm | kubernetes | aws-asg | hyperpod: not yet
+      kind: local                                 # slurm | kubernetes | aws-asg | hyperpod | local | none
+      job: null                                   # aws-asg, hyperpod (required): slurm | kubernetes |
+                                                  # local, restarts the job; its block is read too
       local: {nodes: [node-0, node-1], spares: [], nproc_per_node: 1, run_dir: runs/<job.name>,
               stop_grace_s: 10.0, trainer_args: [], python: null}
+      none:  {nodes: [...]}                       # kind none: the job's nodes (log stream names)
+      slurm:                                      # kind slurm: exactly one of script, job_id, job_name
+        script: deploy/slurm/ftsup-train.sbatch   # submitted with sbatch --parsable --job-name=<job.name>
+        script_args: []                           # after the script (the shipped one: trainer arguments)
+        sbatch_args: []                           # extra sbatch options, e.g. ["--nodes=4"]
+        job_id: null                              # or adopt this job
+        job_name: null                            # or adopt the newest active job with this name
+        partition: null                           # spares are counted in it (default: the job's partition)
+        slurm_conf: null                          # SLURM_CONF for every command (default: Slurm's lookup)
+        bin_dir: null                             # where sbatch, squeue, ... live (default: PATH)
+        state_dir: runs/<job.name>                # actuator-state.json (job id, attempts, action records)
+        command_timeout_s: 30.0
+        max_attempts: 4                           # retries of safe commands on transient failures ...
+        retry_budget_s: 30.0                      # ... within this many seconds
+        start_timeout_s: 600.0                    # how long launch / requeue wait for the job to run
+        stop_timeout_s: 120.0                     # how long a halt waits for the job to end
+        halt: cancel                              # cancel (scancel) | hold (scontrol requeuehold)
+        env: {}                                   # extra environment for sbatch (reaches the job)
+        node_map: {}                              # {log stream name: Slurm node name}; default identity
+        instance_map_file: null                   # instance id -> node name (see supervisor.act.nodemap)
+      kubernetes: {namespace: default, kind: jobset, name: llm, ...}   # see kubernetes.from_settings
+      aws_asg: {group: NAME, method: unhealthy, lookup: none, ...}    # see aws_asg.from_settings
+      hyperpod: {cluster: NAME, via: api, require_approval: true, ...} # see hyperpod.from_settings
+      node_ops: {}                                # aws-asg, hyperpod: {rule: reboot | replace} overrides
     journal: {path: ftsup.db}
     alerts: {log: true, webhooks: [{url: https://..., timeout_s: 5.0}]}
     metrics_server: {address: 127.0.0.1, port: 9464}   # port null = off, 0 = any free port
@@ -48,10 +77,13 @@ from urllib.parse import urlsplit
 
 import re2
 
+from supervisor.act.nodemap import NodeMapError, load_instance_map
+from supervisor.act.remediate import SettingsError
 from supervisor.classify.policy import METRIC_RE, re2_options
-from supervisor.errors import ConfigError, Problem
+from supervisor.classify.policy import NAME_RE as RULE_NAME_RE
+from supervisor.errors import ConfigError, PathPart, Problem, format_path
 from supervisor.vocabulary import Mode
-from supervisor.yamlpos import Checker, DataPath, load_yaml_file
+from supervisor.yamlpos import Checker, DataPath, load_yaml_file, type_name
 
 NODE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 JOB_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -59,8 +91,19 @@ LOG_GROUP_RE = re.compile(r"[A-Za-z0-9._/#-]{1,512}")
 REGION_RE = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 STAT_RE = re.compile(r"Average|Sum|Minimum|Maximum|SampleCount|p\d{1,2}(?:\.\d+)?")
 
-ACTUATOR_KINDS = ("local", "none")
-FUTURE_ACTUATOR_KINDS = ("slurm", "kubernetes", "aws-asg", "hyperpod")
+ACTUATOR_KINDS = ("slurm", "kubernetes", "aws-asg", "hyperpod", "local", "none")
+# Kinds that replace or reboot the bad node and leave the job to another actuator (`actuator.job`).
+NODE_KINDS = ("aws-asg", "hyperpod")
+# What `actuator.job` may name: an actuator that restarts the job without a node.
+JOB_ACTUATOR_KINDS = ("slurm", "kubernetes", "local")
+NODE_OPS = ("replace", "reboot")
+# Keys of the backend blocks that hold paths: resolved against the config file's directory.
+BACKEND_PATH_KEYS = ("approval_dir", "kubeconfig")
+SLURM_HALT_MODES = ("cancel", "hold")
+SLURM_PARTITION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+SLURM_JOB_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+STREAM_RE = re.compile(r"[^:*\x00-\x1f]{1,512}")  # a CloudWatch log stream name
 LOG_FORMATS = ("auto", "json", "console")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -72,6 +115,7 @@ DEFAULT_STATS: Mapping[str, str] = MappingProxyType(
         "heartbeat": "Maximum",
         "tokens_per_s": "Average",
         "step_time_s": "Average",
+        "compute_probe_s": "Maximum",
     }
 )
 DEFAULT_STEP_PATTERN = r'"event": "step", "step": (?P<step>\d+)'
@@ -167,10 +211,62 @@ class ExternalJobConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SlurmActuatorConfig:
+    """`kind: slurm`: a Slurm batch job (see supervisor.act.slurm). Paths are absolute after loading;
+    exactly one of `script`, `job_id`, `job_name` is set when the kind is slurm. `instance_map` is the
+    parsed `instance_map_file` (instance id -> Slurm node name)."""
+
+    script: Path | None = None
+    script_args: tuple[str, ...] = ()
+    sbatch_args: tuple[str, ...] = ()
+    job_id: int | None = None
+    job_name: str | None = None
+    partition: str | None = None
+    slurm_conf: Path | None = None
+    bin_dir: Path | None = None
+    state_dir: Path = Path("runs")
+    command_timeout_s: float = 30.0
+    max_attempts: int = 4
+    retry_budget_s: float = 30.0
+    start_timeout_s: float = 600.0
+    stop_timeout_s: float = 120.0
+    halt: str = "cancel"
+    env: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    node_map: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    instance_map_file: Path | None = None
+    instance_map: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+def _empty() -> Mapping[str, object]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
 class ActuatorConfig:
+    """Where ftsup acts (`kind`, one of ACTUATOR_KINDS) and each backend's settings.
+
+    `job` is set only for the node kinds (aws-asg, hyperpod): the actuator that restarts the job
+    (one of JOB_ACTUATOR_KINDS), whose own section is read as if it were the kind; `job_kind` is
+    that actuator for every kind. `kubernetes`, `aws_asg` and `hyperpod` are the blocks exactly as
+    their backends' `from_settings` read them (checked at load by the backend's own reader, paths
+    absolute), read-only; empty unless used. `node_ops` maps a rule name to the node operation
+    (`replace` | `reboot`) that overrides what the rule's class and severity would choose.
+    """
+
     kind: str = "local"
     local: LocalActuatorConfig = field(default_factory=LocalActuatorConfig)
     none: ExternalJobConfig = field(default_factory=ExternalJobConfig)
+    slurm: SlurmActuatorConfig = field(default_factory=SlurmActuatorConfig)
+    job: str | None = None
+    kubernetes: Mapping[str, object] = field(default_factory=_empty)
+    aws_asg: Mapping[str, object] = field(default_factory=_empty)
+    hyperpod: Mapping[str, object] = field(default_factory=_empty)
+    node_ops: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def job_kind(self) -> str:
+        """The kind of the actuator that restarts the job: `job` for the node kinds, else `kind`."""
+        return self.job or self.kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,6 +398,15 @@ def _progress(ck: Checker, path: DataPath, value: object) -> str | None:
         ck.problem(path, "pattern needs a named group 'step', e.g. (?P<step>\\d+)")
         return None
     return s
+
+
+def _frozen(value: Any) -> Any:
+    """`value` with every mapping read-only (MappingProxyType) and every list a tuple."""
+    if isinstance(value, dict):
+        return MappingProxyType({k: _frozen(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    return value
 
 
 def _nodes(ck: Checker, path: DataPath, value: object, *, allow_empty: bool) -> tuple[str, ...] | None:
@@ -492,19 +597,48 @@ class _Loader:
         return tuple(out)
 
     def actuator(self, value: object, job_name: str) -> ActuatorConfig:
+        """The `actuator` section: the kind, its job actuator (`job`, node kinds only) and the blocks
+        they read. A block given for a kind that does not read it is a problem (never ignored)."""
         ck = self.ck
         p: DataPath = ("actuator",)
-        m = _section(ck, p, value, ("kind", "local", "none"))
+        sections = ("kind", "job", "local", "none", "slurm", "kubernetes", "aws_asg", "hyperpod", "node_ops")
+        m = _section(ck, p, value, sections)
         kind = "local"
         if "kind" in m:
-            k = m["kind"]
-            if isinstance(k, str) and k in FUTURE_ACTUATOR_KINDS:
+            kind = ck.choice((*p, "kind"), m["kind"], ACTUATOR_KINDS) or kind
+        # The actuator that restarts the job; None: unknown (a bad `job`), so its blocks go unjudged.
+        job_kind: str | None = kind
+        job: str | None = None
+        if kind in NODE_KINDS:
+            job_kind = None
+            if m.get("job") is None:
                 ck.problem(
-                    (*p, "kind"),
-                    f"actuator kind {k!r} is not available yet (available: {', '.join(ACTUATOR_KINDS)})",
+                    p,
+                    f"kind {kind} replaces or reboots nodes; name the actuator that restarts the job "
+                    f"in actuator.job ({' | '.join(JOB_ACTUATOR_KINDS)})",
                 )
             else:
-                kind = ck.choice((*p, "kind"), k, ACTUATOR_KINDS) or kind
+                job = job_kind = ck.choice((*p, "job"), m["job"], JOB_ACTUATOR_KINDS)
+        elif m.get("job") is not None:
+            ck.problem(
+                (*p, "job"),
+                f"actuator.job is only read with kind {' or '.join(NODE_KINDS)} (kind is {kind!r})",
+            )
+
+        def unread(section: str, reader: str) -> None:
+            """`actuator.<section>` is given, but neither the kind nor the job actuator reads it."""
+            if kind in NODE_KINDS and reader in JOB_ACTUATOR_KINDS:
+                if job_kind is not None:
+                    ck.problem(
+                        (*p, section),
+                        f"actuator.{section} is only read with kind {reader} or job {reader} "
+                        f"(kind is {kind!r}, job is {job_kind!r})",
+                    )
+            else:
+                ck.problem(
+                    (*p, section), f"actuator.{section} is only read with kind {reader} (kind is {kind!r})"
+                )
+
         lp = (*p, "local")
         keys = ("nodes", "spares", "nproc_per_node", "run_dir", "stop_grace_s", "trainer_args", "python")
         lm = _section(ck, lp, m.get("local"), keys)
@@ -563,8 +697,281 @@ class _Loader:
             else:
                 external = ExternalJobConfig(_nodes(ck, (*np, "nodes"), nm["nodes"], allow_empty=False) or ())
         elif nm:
-            ck.problem(np, f"actuator.none is only read with kind none (kind is {kind!r})")
-        return ActuatorConfig(kind, local, external)
+            unread("none", "none")
+        slurm = SlurmActuatorConfig(state_dir=self.base / "runs" / job_name)
+        sp: DataPath = (*p, "slurm")
+        if job_kind == "slurm":
+            if m.get("slurm") is None:
+                who = "kind" if kind == "slurm" else "job"
+                ck.problem(p, f"{who} slurm needs an actuator.slurm section (script, job_id or job_name)")
+            else:
+                slurm = self.slurm(sp, m["slurm"], job_name)
+        elif m.get("slurm") is not None:
+            unread("slurm", "slurm")
+        blocks: dict[str, Mapping[str, object]] = {}
+        for section, reader, needs in (
+            ("kubernetes", "kubernetes", "kind and name: the JobSet or PyTorchJob"),
+            ("aws_asg", "aws-asg", "group: the Auto Scaling group"),
+            ("hyperpod", "hyperpod", "cluster: the HyperPod cluster"),
+        ):
+            given = m.get(section)
+            if reader in (kind, job_kind):
+                if given is None:
+                    who = "kind" if kind == reader else "job"
+                    ck.problem(p, f"{who} {reader} needs an actuator.{section} section ({needs})")
+                else:
+                    blocks[section] = self.backend_block((*p, section), given, reader, job_name)
+            elif given is not None:
+                unread(section, reader)
+        node_ops: Mapping[str, str] = MappingProxyType({})
+        if m.get("node_ops") is not None:
+            if kind in NODE_KINDS:
+                node_ops = self._node_ops((*p, "node_ops"), m["node_ops"])
+            else:
+                ck.problem(
+                    (*p, "node_ops"),
+                    f"actuator.node_ops is only read with kind {' or '.join(NODE_KINDS)} (kind is {kind!r})",
+                )
+        return ActuatorConfig(
+            kind,
+            local,
+            external,
+            slurm,
+            job=job,
+            kubernetes=blocks.get("kubernetes", _empty()),
+            aws_asg=blocks.get("aws_asg", _empty()),
+            hyperpod=blocks.get("hyperpod", _empty()),
+            node_ops=node_ops,
+        )
+
+    def _node_ops(self, path: DataPath, value: object) -> Mapping[str, str]:
+        """`{rule name: replace | reboot}`; every bad entry recorded."""
+        if not isinstance(value, dict):
+            self.ck.problem(path, f"expected a mapping of rule name to {' | '.join(NODE_OPS)}")
+            return MappingProxyType({})
+        out: dict[str, str] = {}
+        for rule, op in value.items():
+            if not isinstance(rule, str) or not RULE_NAME_RE.fullmatch(rule):
+                self.ck.problem(
+                    (*path, str(rule)),
+                    f"invalid rule name {rule!r} (must match {RULE_NAME_RE.pattern})",
+                    key=True,
+                )
+                continue
+            chosen = self.ck.choice((*path, rule), op, NODE_OPS)
+            if chosen is not None:
+                out[rule] = chosen
+        return MappingProxyType(out)
+
+    def backend_block(self, p: DataPath, value: object, kind: str, job_name: str) -> Mapping[str, object]:
+        """A kubernetes / aws_asg / hyperpod block, checked by its backend's own reader (the same code
+        `from_settings` runs, without connecting anywhere); each problem it names is placed at its
+        key's (or value's) file:line:col. Paths (`approval_dir`, `kubeconfig`) are resolved against
+        the config file's directory; a `kubeconfig` must exist. Returns the block read-only."""
+        ck = self.ck
+        if not isinstance(value, dict):
+            ck.problem(p, f"expected a mapping, got {type_name(value)}")
+            return _empty()
+        block: dict[str, object] = {}
+        for k, v in value.items():
+            if isinstance(k, str):
+                block[k] = v
+            else:
+                ck.problem((*p, str(k)), f"keys must be strings, got {type_name(k)}", key=True)
+        for key in BACKEND_PATH_KEYS:
+            raw = block.get(key)
+            if isinstance(raw, str) and raw:
+                resolved = self.path((*p, key), raw)
+                if resolved is None:
+                    continue
+                if key == "kubeconfig" and not resolved.is_file():
+                    ck.problem((*p, key), f"no such file: {resolved}")
+                block[key] = str(resolved)
+        try:  # each backend (and its client library) is imported only when its block is used
+            if kind == "kubernetes":
+                from supervisor.act import kubernetes
+
+                kubernetes.check_settings(block, job=job_name, prefix=format_path(p))
+            elif kind == "aws-asg":
+                from supervisor.act import aws_asg
+
+                aws_asg.check_settings(block, prefix=format_path(p))
+            else:
+                from supervisor.act import hyperpod
+
+                hyperpod.check_settings(block, prefix=format_path(p))
+        except SettingsError as exc:
+            for line in exc.problems:
+                self._settings_problem(p, block, line, exc.known)
+        frozen: Mapping[str, object] = _frozen(block)
+        return frozen
+
+    def _settings_problem(
+        self, p: DataPath, block: Mapping[str, object], line: str, known: frozenset[str]
+    ) -> None:
+        """Place one `prefix.key.sub: message` line from a backend's SettingsReader in the document.
+
+        The key path is matched against the block itself (longest key first, since node names in a
+        `node_map` may contain dots); what does not match (a missing key) is reported at the
+        deepest part that exists."""
+        prefix = format_path(p) + "."
+        if not line.startswith(prefix):
+            self.ck.problem(p, line)
+            return
+        rest = line[len(prefix) :]
+        path: list[PathPart] = list(p)
+        node: object = block
+        while isinstance(node, Mapping):
+            keys = sorted((k for k in node if isinstance(k, str)), key=len, reverse=True)
+            hit = next((k for k in keys if rest.startswith(k + ".") or rest.startswith(k + ": ")), None)
+            if hit is None:
+                break
+            path.append(hit)
+            node = node[hit]
+            rest = rest[len(hit) :]
+            if rest.startswith(": "):
+                rest = rest[2:]
+                message = rest
+                if message == "unknown key":
+                    expected = ", ".join(sorted(known))
+                    message = (
+                        f"unknown key {hit!r} (expected one of: {expected})"
+                        if known
+                        else f"unknown key {hit!r}"
+                    )
+                    self.ck.problem(tuple(path), message, key=True)
+                else:
+                    self.ck.problem(tuple(path), message)
+                return
+            rest = rest[1:]
+        key, _, message = rest.partition(": ")
+        if message == "required" and "." not in key:
+            self.ck.problem(tuple(path), f"missing required key {key!r}")
+            return
+        self.ck.problem((*path, *key.split(".")), message or key)
+
+    def _strings(self, path: DataPath, value: object) -> tuple[str, ...]:
+        """A list of argument strings; a number is refused with a hint to quote it."""
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            self.ck.problem(path, "expected a list of strings")
+            return ()
+        out: list[str] = []
+        for i, a in enumerate(value):
+            if isinstance(a, str):
+                out.append(a)
+            elif isinstance(a, int | float) and not isinstance(a, bool):
+                self.ck.problem((*path, i), f'expected a string, got {a!r} (quote it: "{a}")')
+            else:
+                self.ck.problem((*path, i), "expected a string")
+        return tuple(out)
+
+    def _string_map(
+        self,
+        path: DataPath,
+        value: object,
+        key_re: re.Pattern[str],
+        value_re: re.Pattern[str] | None,
+        what: str,
+    ) -> Mapping[str, str]:
+        if value is None:
+            return MappingProxyType({})
+        if not isinstance(value, dict):
+            self.ck.problem(path, f"expected a mapping of {what}")
+            return MappingProxyType({})
+        out: dict[str, str] = {}
+        for k, v in value.items():
+            if not isinstance(k, str) or not key_re.fullmatch(k):
+                self.ck.problem((*path, str(k)), f"invalid key {k!r} (must match {key_re.pattern})", key=True)
+                continue
+            if isinstance(v, int | float) and not isinstance(v, bool) and value_re is None:
+                v = str(v)  # environment values: 8 and "8" mean the same
+            checked = self.ck.string((*path, k), v, pattern=value_re, what="value")
+            if checked is not None:
+                out[k] = checked
+        return MappingProxyType(out)
+
+    def _existing(self, path: DataPath, value: object, *, directory: bool = False) -> Path | None:
+        q = self.path(path, value)
+        if q is None:
+            return None
+        if not (q.is_dir() if directory else q.is_file()):
+            self.ck.problem(path, f"no such {'directory' if directory else 'file'}: {q}")
+            return None
+        return q
+
+    def slurm(self, p: DataPath, value: object, job_name: str) -> SlurmActuatorConfig:
+        """The `actuator.slurm` section; every problem recorded with its position."""
+        ck = self.ck
+        keys = tuple(f.name for f in dataclasses.fields(SlurmActuatorConfig) if f.name != "instance_map")
+        m = _section(ck, p, value, keys)
+        d = SlurmActuatorConfig()
+        given = [k for k in ("script", "job_id", "job_name") if m.get(k) is not None]
+        if len(given) != 1:
+            which = " and ".join(given) if given else "none of them"
+            ck.problem(p, f"give exactly one of script (submit it), job_id or job_name (adopt); got {which}")
+        script = self._existing((*p, "script"), m["script"]) if m.get("script") is not None else None
+        job_id = None
+        if m.get("job_id") is not None:
+            job_id = ck.integer((*p, "job_id"), m["job_id"], minimum=1, maximum=10**12 - 1)
+        slurm_job_name = None
+        if m.get("job_name") is not None:
+            slurm_job_name = ck.string(
+                (*p, "job_name"), m["job_name"], pattern=SLURM_JOB_NAME_RE, what="Slurm job name"
+            )
+        partition = None
+        if m.get("partition") is not None:
+            partition = ck.string(
+                (*p, "partition"), m["partition"], pattern=SLURM_PARTITION_RE, what="partition name"
+            )
+        slurm_conf = self._existing((*p, "slurm_conf"), m["slurm_conf"]) if m.get("slurm_conf") else None
+        bin_dir = self._existing((*p, "bin_dir"), m["bin_dir"], directory=True) if m.get("bin_dir") else None
+        state_dir = self.base / "runs" / job_name
+        if m.get("state_dir") is not None:
+            state_dir = self.path((*p, "state_dir"), m["state_dir"]) or state_dir
+        halt = d.halt
+        if "halt" in m:
+            halt = ck.choice((*p, "halt"), m["halt"], SLURM_HALT_MODES) or halt
+        instance_file = None
+        instances: Mapping[str, str] = MappingProxyType({})
+        if m.get("instance_map_file") is not None:
+            instance_file = self._existing((*p, "instance_map_file"), m["instance_map_file"])
+            if instance_file is not None:
+                try:
+                    loaded = load_instance_map(instance_file)
+                except NodeMapError as exc:
+                    ck.problem((*p, "instance_map_file"), str(exc))
+                else:
+                    bad = sorted(v for v in loaded.values() if not NODE_RE.fullmatch(v))
+                    if bad:
+                        ck.problem(
+                            (*p, "instance_map_file"), f"invalid Slurm node names: {', '.join(bad[:5])}"
+                        )
+                    instances = MappingProxyType(loaded)
+        return SlurmActuatorConfig(
+            script=script,
+            script_args=self._strings((*p, "script_args"), m.get("script_args")),
+            sbatch_args=self._strings((*p, "sbatch_args"), m.get("sbatch_args")),
+            job_id=job_id,
+            job_name=slurm_job_name,
+            partition=partition,
+            slurm_conf=slurm_conf,
+            bin_dir=bin_dir,
+            state_dir=state_dir,
+            command_timeout_s=self.num(m, p, "command_timeout_s", d.command_timeout_s, positive=True),
+            max_attempts=self.int_(m, p, "max_attempts", d.max_attempts, minimum=1, maximum=20),
+            retry_budget_s=self.num(m, p, "retry_budget_s", d.retry_budget_s, minimum=0),
+            start_timeout_s=self.num(m, p, "start_timeout_s", d.start_timeout_s, positive=True),
+            stop_timeout_s=self.num(m, p, "stop_timeout_s", d.stop_timeout_s, positive=True),
+            halt=halt,
+            env=self._string_map((*p, "env"), m.get("env"), ENV_NAME_RE, None, "NAME: value"),
+            node_map=self._string_map(
+                (*p, "node_map"), m.get("node_map"), STREAM_RE, NODE_RE, "log stream name: Slurm node name"
+            ),
+            instance_map_file=instance_file,
+            instance_map=instances,
+        )
 
     def alerts(self, value: object) -> AlertsConfig:
         ck = self.ck

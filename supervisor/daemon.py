@@ -6,11 +6,12 @@ through `build()`, so the demo exercises exactly the production code path.
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -21,18 +22,30 @@ from prometheus_client import CollectorRegistry
 from supervisor.act.base import Actuator
 from supervisor.act.external import ExternalJob
 from supervisor.act.local import LocalActuator, LocalJobSpec
+from supervisor.act.nodemap import NodeMap
+from supervisor.act.remediate import (
+    NodeFault,
+    NodeOp,
+    NodeRemediator,
+    OpPolicy,
+    RemediatingActuator,
+    SettingsError,
+)
+from supervisor.act.slurm import SlurmActuator, SlurmJobSpec
+from supervisor.act.slurm_cli import SlurmSettings
 from supervisor.alert.base import AlertSink
 from supervisor.alert.sinks import LogAlertSink, WebhookAlertSink
 from supervisor.classify.exits import EXIT_RULE
 from supervisor.classify.policy import PolicySet, load_policies
-from supervisor.config import Config
+from supervisor.config import NODE_KINDS, Config
 from supervisor.engine import Engine
+from supervisor.errors import StartupError
 from supervisor.journal import Journal
 from supervisor.report.metrics import SupervisorMetrics, bound_port, serve
 from supervisor.sources.aws import ApiCallCounter, AwsSettings, make_client
 from supervisor.sources.cloudwatch_logs import CloudWatchLogsSource
 from supervisor.sources.cloudwatch_metrics import CloudWatchMetricsSource
-from supervisor.vocabulary import Mode, Verdict
+from supervisor.vocabulary import Action, FailureClass, Mode, Role, Severity, Signal, Verdict
 
 log = structlog.get_logger("ftsup.daemon")
 
@@ -83,13 +96,42 @@ def aws_settings(config: Config, endpoint_override: str | None = None) -> AwsSet
     )
 
 
-def build_actuator(config: Config, aws: AwsSettings, env: Mapping[str, str]) -> Actuator:
-    act = config.actuator
-    if act.kind == "none":
-        return ExternalJob(config.job.name, act.none.nodes)
-    if act.kind != "local":
-        raise ValueError(f"actuator kind {act.kind!r} is not available in this build")
-    local = act.local
+def build_slurm_actuator(config: Config, aws: AwsSettings, env: Mapping[str, str]) -> SlurmActuator:
+    """`actuator.kind: slurm`. `env` (like the local actuator's) reaches the job through sbatch."""
+    s = config.actuator.slurm
+    state_dir = Path(s.state_dir).resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    spec = SlurmJobSpec(
+        job=config.job.name,
+        state_dir=state_dir,
+        log_group=config.job.log_group,
+        script=s.script,
+        script_args=tuple(s.script_args),
+        sbatch_args=tuple(s.sbatch_args),
+        job_id=s.job_id,
+        job_name=s.job_name,
+        partition=s.partition,
+        halt=s.halt,
+        start_timeout_s=s.start_timeout_s,
+        stop_timeout_s=s.stop_timeout_s,
+        endpoint_url=aws.endpoint_url,
+        region=aws.region,
+        env={**env, **s.env},
+        node_map=NodeMap(explicit=s.node_map, instances=s.instance_map),
+    )
+    settings = SlurmSettings(
+        slurm_conf=s.slurm_conf,
+        bin_dir=s.bin_dir,
+        command_timeout_s=s.command_timeout_s,
+        max_attempts=s.max_attempts,
+        retry_budget_s=s.retry_budget_s,
+    )
+    return SlurmActuator(spec, settings)
+
+
+def build_local_actuator(config: Config, aws: AwsSettings, env: Mapping[str, str]) -> LocalActuator:
+    """`actuator.kind: local` (or `job: local`): the job as processes on this machine."""
+    local = config.actuator.local
     run_dir = Path(local.run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = LocalJobSpec(
@@ -109,6 +151,148 @@ def build_actuator(config: Config, aws: AwsSettings, env: Mapping[str, str]) -> 
     return LocalActuator(spec)
 
 
+def build_kubernetes_actuator(config: Config) -> Actuator:
+    """`actuator.kind: kubernetes` (or `job: kubernetes`): a JobSet / PyTorchJob. Reads the kubeconfig
+    (or the in-cluster service account) and sends no request; a cluster it cannot even describe is
+    a StartupError."""
+    from supervisor.act import kubernetes  # the Kubernetes client only when it is used
+
+    try:
+        return kubernetes.from_settings(config.actuator.kubernetes, job=config.job.name)
+    except SettingsError as exc:
+        raise StartupError(str(exc)) from exc
+    except Exception as exc:  # kubeconfig unreadable, no in-cluster service account, no context
+        raise StartupError(
+            f"actuator.kubernetes: cannot set up the Kubernetes client ({type(exc).__name__}: {exc}); "
+            "set kubeconfig (and context), or run ftsup in the cluster with its service account"
+        ) from exc
+
+
+def build_job_actuator(config: Config, aws: AwsSettings, env: Mapping[str, str]) -> Actuator:
+    """The actuator that runs and restarts the job: `actuator.job_kind` (slurm, kubernetes, local, none)."""
+    kind = config.actuator.job_kind
+    if kind == "none":
+        return ExternalJob(config.job.name, config.actuator.none.nodes)
+    if kind == "slurm":
+        return build_slurm_actuator(config, aws, env)
+    if kind == "kubernetes":
+        return build_kubernetes_actuator(config)
+    if kind == "local":
+        return build_local_actuator(config, aws, env)
+    raise ValueError(f"actuator kind {kind!r} does not run a job")
+
+
+def remediation_state_dir(config: Config) -> Path:
+    """Where a node kind (aws-asg, hyperpod) keeps its rate-limit record, and HyperPod its pending
+    approvals unless `approval_dir` says otherwise: `<journal directory>/<job name>.<kind>`, next to
+    the journal, so that a daemon restart finds both (a crash loop never gets a fresh budget)."""
+    journal_dir = Path(config.journal.path).resolve().parent
+    return journal_dir / f"{config.job.name}.{config.actuator.kind}"
+
+
+_RULE_IN_REASON = re.compile(r"([a-z0-9][a-z0-9._-]*)(?: on |:)")
+_SEVERITY_RANK = {Severity.CRITICAL: 0, Severity.WARNING: 1, Severity.INFO: 2}
+
+
+@dataclass(frozen=True)
+class IncidentFaults:
+    """`fault_of` for RemediatingActuator: why an action's node is remediated, so that reboot or
+    replace follows the root cause's rule, class and severity (`remediate.choose_op`).
+
+    In order: the journaled incident (`journal.incident(action.incident_id)`): its root cause when
+    that is on the action's node, else the most severe cause signal on that node; else the rule the
+    action's reason names (decide() writes "<rule> on <node>: ...") as the loaded policy defines it
+    (the engine plans an action before it journals the incident, so plan() and apply() agree);
+    else nothing is known (`NodeFault()`: OpPolicy's default). Never raises: a journal that cannot
+    be read falls back to the policy.
+    """
+
+    journal: Journal
+    policy: PolicySet
+
+    def __call__(self, action: Action) -> NodeFault:
+        try:
+            incident = self.journal.incident(action.incident_id)
+        except Exception as exc:
+            log.warning("fault lookup: journal unreadable", incident=action.incident_id, error=repr(exc))
+            incident = None
+        if incident is not None:
+            cause = self._on_node(incident.root_cause, incident.signals, action.node)
+            return NodeFault(cause.rule, cause.failure_class, cause.severity)
+        m = _RULE_IN_REASON.match(action.reason)
+        if m is None:
+            return NodeFault()
+        try:
+            rule = self.policy.rule(m.group(1))
+        except KeyError:
+            return NodeFault(m.group(1))
+        return NodeFault(rule.name, rule.failure_class, rule.severity)
+
+    @staticmethod
+    def _on_node(root: Signal, signals: tuple[Signal, ...], node: str | None) -> Signal:
+        if node is None or root.node == node:
+            return root
+        here = [s for s in signals if s.node == node and s.role is Role.CAUSE]
+        if not here:
+            return root
+        return min(
+            here,
+            key=lambda s: (s.failure_class is not FailureClass.NON_RECOVERABLE, _SEVERITY_RANK[s.severity]),
+        )
+
+
+def build_remediator(
+    config: Config, aws: AwsSettings, job_actuator: Actuator, counter: ApiCallCounter | None
+) -> NodeRemediator:
+    """`actuator.kind: aws-asg | hyperpod`: the NodeRemediator from its block, its state under
+    `remediation_state_dir`. With `job: kubernetes`, HyperPod's `via: labels` uses the job
+    actuator's Kubernetes connection unless its block names a kubeconfig or context."""
+    act = config.actuator
+    state_dir = remediation_state_dir(config)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        if act.kind == "aws-asg":
+            from supervisor.act import aws_asg
+
+            return aws_asg.from_settings(act.aws_asg, aws, state_dir=state_dir, counter=counter)
+        from supervisor.act import hyperpod
+
+        kube = None
+        if not hyperpod.uses_own_kubeconfig(act.hyperpod):
+            from supervisor.act.kubernetes import KubernetesActuator
+
+            if isinstance(job_actuator, KubernetesActuator):
+                kube = job_actuator.api
+        return hyperpod.from_settings(act.hyperpod, aws, state_dir=state_dir, counter=counter, kube=kube)
+    except SettingsError as exc:
+        raise StartupError(str(exc)) from exc
+
+
+def build_actuator(
+    config: Config,
+    aws: AwsSettings,
+    env: Mapping[str, str],
+    *,
+    fault_of: Callable[[Action], NodeFault] | None = None,
+    counter: ApiCallCounter | None = None,
+) -> Actuator:
+    """The actuator `config.actuator` describes. For slurm, kubernetes, local and none: that actuator.
+    For aws-asg and hyperpod: a RemediatingActuator whose inner actuator (`actuator.job`) restarts the
+    job without the node and whose remediator then reboots or replaces it, choosing by `fault_of`
+    (default: nothing known) and `actuator.node_ops`. `counter` counts the AWS calls a remediator
+    makes. Nothing is started and no request is sent; a backend that cannot be set up raises
+    StartupError."""
+    act = config.actuator
+    job_actuator = build_job_actuator(config, aws, env)
+    if act.kind not in NODE_KINDS:
+        return job_actuator
+    remediator = build_remediator(config, aws, job_actuator, counter)
+    policy = OpPolicy(by_rule={rule: NodeOp(op) for rule, op in act.node_ops.items()})
+    return RemediatingActuator(
+        job_actuator, remediator, policy=policy, fault_of=fault_of or (lambda action: NodeFault())
+    )
+
+
 def build(
     config: Config,
     *,
@@ -119,6 +303,12 @@ def build(
     """Build every part from the config. Nothing starts until Daemon.start()."""
     aws = aws_settings(config, endpoint_override)
     policy = load_policies([Path(p) for p in config.policies])
+    unknown = sorted(set(config.actuator.node_ops) - {r.name for r in policy.rules})
+    if unknown:
+        raise StartupError(
+            f"actuator.node_ops names rules the policies do not define: {', '.join(unknown)} "
+            f"(policies: {', '.join(str(p) for p in config.policies)})"
+        )
     registry = CollectorRegistry()
     sources = [
         n
@@ -135,7 +325,14 @@ def build(
         jobs=[config.job.name],
     )
     journal = Journal(Path(config.journal.path))
-    actuator = build_actuator(config, aws, env or {})
+    calls = ApiCallCounter()
+    try:
+        actuator = build_actuator(
+            config, aws, env or {}, fault_of=IncidentFaults(journal, policy), counter=calls
+        )
+    except BaseException:
+        journal.close()
+        raise
     sinks: list[AlertSink] = []
     if config.alerts.log:
         sinks.append(LogAlertSink(on_delivery=metrics.alert))
@@ -159,7 +356,6 @@ def build(
         sinks=sinks,
         metrics=metrics,
     )
-    calls = ApiCallCounter()
     if config.sources.logs.enabled:
         logs_cfg = config.sources.logs
         engine.add_source(
