@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ftsup-installed
 
-.PHONY: install demo test test-fast lint clean
+.PHONY: install demo test test-fast lint bench system-deps clean
 
 # torch is pinned (==2.13.0, via the `trainer` extra): an unpinned torch drags a multi-GB CUDA build.
 $(STAMP): pyproject.toml
@@ -20,7 +20,8 @@ demo: install
 	$(VENV)/bin/ftsup demo
 
 test: install
-	$(VENV)/bin/ruff check supervisor trainer tests
+	bash scripts/install-system-deps.sh
+	$(VENV)/bin/ruff check supervisor trainer tests bench
 	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -ra
 
@@ -28,8 +29,16 @@ test-fast: install
 	$(VENV)/bin/pytest -ra -m "not slow"
 
 lint: install
-	$(VENV)/bin/ruff check supervisor trainer tests
+	$(VENV)/bin/ruff check supervisor trainer tests bench
 	$(VENV)/bin/mypy
+
+# Benchmarks print measured figures (and ratios against a baseline run in the same process).
+bench: install
+	$(PY) bench/classify.py --json
+
+# Debian's slurmctld, slurmd, slurm-client and munge for the `slurm` tests; a no-op when installed.
+system-deps:
+	bash scripts/install-system-deps.sh
 
 clean:
 	rm -rf $(VENV) demo-run .pytest_cache .mypy_cache .ruff_cache

@@ -65,7 +65,8 @@ HEALTHY = (
 )
 
 FAILURES = (
-    "[ {sec}.{us:06d}] NVRM: Xid (PCI:0000:{bus:02x}:00): 79, pid={pid}, name=python, GPU has fallen off the bus.",
+    "[ {sec}.{us:06d}] NVRM: Xid (PCI:0000:{bus:02x}:00): 79, pid={pid}, name=python, "
+    "GPU has fallen off the bus.",
     "[rank{rank}]:[E{mm}{dd} 04:{mi:02d}:{ss:02d}.{us:06d} {pid} ProcessGroupNCCL.cpp:616] [Rank {rank}] "
     "Watchdog caught collective operation timeout: WorkNCCL(SeqNum={step}, OpType=ALLREDUCE, NumelIn=1, "
     "NumelOut=1, Timeout(ms)=600000) ran for 600081 milliseconds before timing out.",
@@ -87,12 +88,25 @@ def make_stream(n: int, seed: int = 7, failure_rate: float = 0.001) -> list[str]
         lr = rnd.randrange(8)
         out.append(
             t.format(
-                ts=1795840000 + i * 0.01, node=node, rank=node * 8 + lr, lr=lr, step=1000 + i // 512,
-                loss=2.0 + rnd.random(), ms=rnd.randrange(1000), tps=rnd.randrange(100000, 999999),
-                pid=rnd.randrange(1000, 99999), ch=rnd.randrange(32), mm=11, dd=28, mi=rnd.randrange(60),
-                ss=rnd.randrange(60), us=rnd.randrange(1000000), date="2026-11-28",
-                sec=rnd.randrange(100, 99999), bus=rnd.randrange(256),
-            )  # fmt: skip
+                ts=1795840000 + i * 0.01,
+                node=node,
+                rank=node * 8 + lr,
+                lr=lr,
+                step=1000 + i // 512,
+                loss=2.0 + rnd.random(),
+                ms=rnd.randrange(1000),
+                tps=rnd.randrange(100000, 999999),
+                pid=rnd.randrange(1000, 99999),
+                ch=rnd.randrange(32),
+                mm=11,
+                dd=28,
+                mi=rnd.randrange(60),
+                ss=rnd.randrange(60),
+                us=rnd.randrange(1000000),
+                date="2026-11-28",
+                sec=rnd.randrange(100, 99999),
+                bus=rnd.randrange(256),
+            )
         )
     return out
 
@@ -154,7 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"rules loaded:          {result['rules']} ({result['log_rules']} log rules)")
     print(f"stream:                {len(lines):,} lines, {healthy_share:.3%} yielding no signal")
     print(f"ftsup (RE2 set):       {result['lines_per_s']:>12,.0f} lines/s  (best of 3, one core)")
-    print(f"baseline (re loop):    {result['baseline_lines_per_s']:>12,.0f} lines/s  ({len(base_lines):,} lines)")
+    print(
+        f"baseline (re loop):    {result['baseline_lines_per_s']:>12,.0f} lines/s"
+        f"  ({len(base_lines):,} lines)"
+    )
     print(f"speedup:               {result['speedup']:>12.1f}x")
     if args.json:
         print(json.dumps(result))

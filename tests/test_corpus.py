@@ -81,7 +81,11 @@ def load_corpus() -> list[Case]:
                 problems.append(f"{where}: bad id {case.id!r}")
             if case.family not in FAMILIES:
                 problems.append(f"{where} ({case.id}): unknown family {case.family!r}")
-            if case.action not in ACTIONS or case.scope not in SCOPES or not isinstance(case.recoverable, bool):
+            if (
+                case.action not in ACTIONS
+                or case.scope not in SCOPES
+                or not isinstance(case.recoverable, bool)
+            ):
                 problems.append(f"{where} ({case.id}): bad expect {exp}")
             if not case.source.startswith("https://"):
                 problems.append(f"{where} ({case.id}): source must be a https URL")
@@ -117,7 +121,11 @@ def matrix(cases: list[Case], got: dict[str, dict[str, object]]) -> str:
     rows = [head]
     for want in ACTIONS:
         total = sum(counts[(want, g)] for g in ACTIONS)
-        rows.append(want.ljust(width + 2) + "".join(str(counts[(want, g)]).rjust(width) for g in ACTIONS) + f"  {total:5}")
+        rows.append(
+            want.ljust(width + 2)
+            + "".join(str(counts[(want, g)]).rjust(width) for g in ACTIONS)
+            + f"  {total:5}"
+        )
     return "\n".join(rows)
 
 
@@ -163,8 +171,8 @@ def test_classify_over_the_corpus(corpus: list[Case], capsys: pytest.CaptureFixt
         g = got[c.id]
         line = c.lines[c.root_cause_line] if c.root_cause_line is not None else ""
         report.append(
-            f"  miss {c.id}: want {c.action}, got {g['action']} (rule {g['rule']}, line {g['root_cause_line']})"
-            f"  {line[:100]}"
+            f"  miss {c.id}: want {c.action}, got {g['action']}"
+            f" (rule {g['rule']}, line {g['root_cause_line']})  {line[:100]}"
         )
     with capsys.disabled():
         print("\n" + "\n".join(report))

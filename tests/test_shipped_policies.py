@@ -116,5 +116,18 @@ def test_policy_check_and_explain_commands(tmp_path: Path, pack: PolicySet) -> N
     first = out.getvalue().splitlines()[0]
     assert first.startswith("=> gpu-fallen-off-bus") and "action=cordon_and_restart" in first
     out = io.StringIO()
+    nccl = (
+        "torch.distributed.DistBackendError: NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled system error"
+    )
+    assert explain(nccl, [], out) == 0
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("=> nccl-system-error")
+    assert any(line.startswith("   python-exception ") for line in lines)  # losers are listed too
+    assert "wins: highest priority (5) of 3 matching rules (next: dist-backend-error at 3)" in lines
+    assert "verdict: restart (signal collective.nccl_system_error, severity warning)" in lines
+    out = io.StringIO()
+    assert explain("NCCL INFO NCCL_IB_TIMEOUT set by environment to 22.", [], out) == 0
+    assert "verdict: none (a quiet rule: ignore at severity info yields no signal)" in out.getvalue()
+    out = io.StringIO()
     assert explain("all is well", [], out) == 1
     assert explain("x", [str(bad)], io.StringIO()) == 2

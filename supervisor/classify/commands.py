@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TextIO
 
 from supervisor.classify.matcher import LogClassifier, clean_text
-from supervisor.classify.policy import PolicySet, load_policies
+from supervisor.classify.policy import PolicySet, Rule, load_policies
 from supervisor.errors import ConfigError
 
 
@@ -70,6 +70,8 @@ def explain(line: str, paths: Sequence[str | Path], out: TextIO) -> int:
             f"  ({rule.source})",
             file=out,
         )
+    best = matches[0]
+    print(f"wins: {_why_it_wins(best, matches)}", file=out)
     winner = classifier.classify("explain", cleaned, 0.0)
     if winner is not None:
         print(
@@ -77,8 +79,26 @@ def explain(line: str, paths: Sequence[str | Path], out: TextIO) -> int:
             file=out,
         )
         print(f"evidence: {winner.evidence}", file=out)
-    if matches[0].description:
-        print(f"why: {matches[0].description}", file=out)
-    if matches[0].runbook:
-        print(f"runbook: {matches[0].runbook}", file=out)
+    else:
+        print("verdict: none (a quiet rule: ignore at severity info yields no signal)", file=out)
+    if best.description:
+        print(f"why: {best.description}", file=out)
+    if best.runbook:
+        print(f"runbook: {best.runbook}", file=out)
     return 0
+
+
+def _why_it_wins(best: Rule, matches: list[Rule]) -> str:
+    """One sentence on why `best` (matches[0]) beats the other matching rules."""
+    if len(matches) == 1:
+        return "the only matching rule"
+    runner_up = matches[1]
+    if best.priority > runner_up.priority:
+        return (
+            f"highest priority ({best.priority}) of {len(matches)} matching rules"
+            f" (next: {runner_up.name} at {runner_up.priority})"
+        )
+    return (
+        f"declared first ({best.source}) among the rules at priority {best.priority}"
+        f" (next: {runner_up.name}, {runner_up.source})"
+    )
