@@ -108,6 +108,17 @@ class _Candidate:
         return (can_be_root_cause(self.signal), self.priority, self.position)
 
 
+@dataclass(frozen=True, slots=True)
+class _At:
+    """One line being fed, with where it came from."""
+
+    node: str
+    text: str
+    timestamp: float
+    event_id: str | None
+    line_index: int | None
+
+
 @dataclass
 class _Unit:
     state: str
@@ -228,6 +239,13 @@ class StreamClassifier:
 
     # ------------------------------------------------------------------------- internals
 
+    def _classify(self, at: _At) -> Signal | None:
+        return self.classifier.classify_clean(at.node, at.text, at.timestamp, at.event_id, at.line_index)
+
+    def _candidate(self, at: _At, position: int) -> _Candidate | None:
+        found = self._classify(at)
+        return None if found is None else _Candidate(found, self._priority.get(found.rule, 0), position)
+
     def _line(
         self,
         node: str,
@@ -238,11 +256,12 @@ class StreamClassifier:
         line_index: int | None,
         out: list[Signal],
     ) -> None:
+        at = _At(node, line, timestamp, event_id, line_index)
         prefix, body = _split_prefix(line)
         key = (node, prefix)
         unit = self._units.get(key)
         if unit is not None:
-            if self._inside(unit, body, node, line, timestamp, now, event_id, line_index):
+            if self._inside(unit, body, at, now):
                 return
             out.extend(self._close(key))  # the unit ended before this line
         if _TRACEBACK_RE.match(body) or _FRAME_RE.match(body):
@@ -255,35 +274,26 @@ class StreamClassifier:
         self._ignoring.discard(key)
         if _RAISE_RE.match(body) or _BOX_RE.match(body):
             return  # source code quoted by a traceback we see only part of
-        found = self.classifier.classify_clean(node, line, timestamp, event_id, line_index)
         if _TERMINATE_RE.match(body):
             unit = self._units[key] = _Unit(TERMINATE, now)
-            if found is not None:
-                unit.candidates.append(_Candidate(found, self._priority.get(found.rule, 0), 0))
+            candidate = self._candidate(at, 0)
+            if candidate is not None:
+                unit.candidates.append(candidate)
             return
+        found = self._classify(at)
         if found is not None:
             out.append(found)
 
-    def _inside(
-        self,
-        unit: _Unit,
-        body: str,
-        node: str,
-        line: str,
-        timestamp: float,
-        now: float,
-        event_id: str | None,
-        line_index: int | None,
-    ) -> bool:
+    def _inside(self, unit: _Unit, body: str, at: _At, now: float) -> bool:
         """Whether `body` belongs to `unit` (consumed); False closes the unit before the line."""
         if unit.state == TERMINATE:
             if not _WHAT_RE.match(body):
                 return False
             unit.state = AFTER_EXCEPTION
             unit.opened_at = now
-            found = self.classifier.classify_clean(node, line, timestamp, event_id, line_index)
-            if found is not None:  # what() names the error: it replaces the generic terminate line
-                unit.candidates = [_Candidate(found, self._priority.get(found.rule, 0), 1)]
+            candidate = self._candidate(at, 1)
+            if candidate is not None:  # what() names the error: it replaces the generic terminate line
+                unit.candidates = [candidate]
             return True
         if unit.state == FRAMES:
             if not body.strip() or body[:1].isspace() or body.startswith("^"):
@@ -294,9 +304,9 @@ class StreamClassifier:
             unit.exceptions += 1
             unit.state = AFTER_EXCEPTION
             unit.opened_at = now
-            found = self.classifier.classify_clean(node, line, timestamp, event_id, line_index)
-            if found is not None:
-                unit.candidates.append(_Candidate(found, self._priority.get(found.rule, 0), unit.exceptions))
+            candidate = self._candidate(at, unit.exceptions)
+            if candidate is not None:
+                unit.candidates.append(candidate)
             return True
         if not body.strip():
             return True  # blank lines around chain markers
