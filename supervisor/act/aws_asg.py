@@ -30,18 +30,16 @@ within a budget) and is counted in the ApiCallCounter under its API name.
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 import boto3
 from botocore.exceptions import ClientError
 
+from supervisor.act.aws_node import AwsRemediator, Finish
 from supervisor.act.remediate import (
-    ApprovalGate,
-    AutoApprove,
     FileApprovalGate,
     NodeHealth,
     NodeOp,
@@ -50,9 +48,9 @@ from supervisor.act.remediate import (
     RemediationRequest,
     RemediationResult,
     SettingsReader,
-    rate_limiter_from,
+    node_op_limits_from,
 )
-from supervisor.sources.aws import ApiCallCounter, AwsSettings, call_with_retry, describe_error, make_client
+from supervisor.sources.aws import ApiCallCounter, AwsSettings, describe_error, make_client
 
 if TYPE_CHECKING:
     from mypy_boto3_autoscaling import AutoScalingClient
@@ -107,45 +105,20 @@ class _Member:
     health: str
 
 
-class AsgRemediator:
+class AsgRemediator(AwsRemediator[AsgSettings]):
     """NodeRemediator for an EC2 Auto Scaling group: REPLACE and REBOOT. Thread-safe (boto3
-    clients are; the rate limiter locks)."""
+    clients are; the rate limiter locks). Constructor: see AwsRemediator."""
 
     name = "aws-asg"
     supported_ops = frozenset({NodeOp.REPLACE, NodeOp.REBOOT})
+    asg: AutoScalingClient
+    ec2: EC2Client
 
-    def __init__(
-        self,
-        settings: AsgSettings,
-        aws: AwsSettings,
-        *,
-        replace_limit: RateLimiter,
-        reboot_limit: RateLimiter,
-        gate: ApprovalGate | None = None,
-        session: boto3.session.Session | None = None,
-        counter: ApiCallCounter | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-        monotonic: Callable[[], float] = time.monotonic,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.settings = settings
-        self.aws = aws
-        self.replace_limit = replace_limit
-        self.reboot_limit = reboot_limit
-        self.gate: ApprovalGate = gate if gate is not None else AutoApprove()
-        self.counter = counter if counter is not None else ApiCallCounter()
-        self.sleep = sleep
-        self.monotonic = monotonic
-        self.clock = clock
-        self.asg = cast("AutoScalingClient", make_client("autoscaling", aws, session=session))
-        self.ec2 = cast("EC2Client", make_client("ec2", aws, session=session))
+    def _connect(self, session: boto3.session.Session | None) -> None:
+        self.asg = cast("AutoScalingClient", make_client("autoscaling", self.aws, session=session))
+        self.ec2 = cast("EC2Client", make_client("ec2", self.aws, session=session))
 
     # ------------------------------------------------------------------ calls
-
-    def _call(self, op: str, fn: Callable[[], Any]) -> Any:
-        return call_with_retry(
-            fn, self.aws, op=op, counter=self.counter, sleep=self.sleep, monotonic=self.monotonic
-        )
 
     def _member(self, instance_id: str) -> _Member | None:
         resp = self._call(
@@ -249,26 +222,16 @@ class AsgRemediator:
                 )
         return steps
 
-    def remediate(self, request: RemediationRequest) -> RemediationResult:
-        started = self.clock()
-
-        def finish(outcome: Outcome, detail: str, target: str | None = None) -> RemediationResult:
-            return RemediationResult(request.node, request.op, outcome, detail, started, self.clock(), target)
-
-        if request.op not in self.supported_ops:
-            return finish(Outcome.REFUSED, f"aws-asg cannot {request.op.value} a node")
-        try:
-            instance_id, how = self.resolve(request.node)
-            if instance_id is None:
-                return finish(Outcome.REFUSED, f"cannot map {request.node} to one instance: {how}")
-            member = self._member(instance_id)
-            stop = self._precheck(request, instance_id, member)
-            if stop is not None:
-                return finish(stop[0], stop[1], instance_id)
-            assert member is not None
-            return self._act(request, member, finish)
-        except Exception as exc:  # never raise for an outside failure
-            return finish(Outcome.FAILED, describe_error(exc))
+    def _remediate(self, request: RemediationRequest, finish: Finish) -> RemediationResult:
+        instance_id, how = self.resolve(request.node)
+        if instance_id is None:
+            return finish(Outcome.REFUSED, f"cannot map {request.node} to one instance: {how}")
+        member = self._member(instance_id)
+        stop = self._precheck(request, instance_id, member)
+        if stop is not None:
+            return finish(stop[0], stop[1], instance_id)
+        assert member is not None
+        return self._act(request, member, finish)
 
     def _precheck(
         self, request: RemediationRequest, instance_id: str, member: _Member | None
@@ -309,22 +272,13 @@ class AsgRemediator:
             return Outcome.NOOP, f"{instance_id} is {life}, not InService: not acting now"
         return None
 
-    def _act(
-        self,
-        request: RemediationRequest,
-        member: _Member,
-        finish: Callable[[Outcome, str, str | None], RemediationResult],
-    ) -> RemediationResult:
+    def _act(self, request: RemediationRequest, member: _Member, finish: Finish) -> RemediationResult:
         iid = member.instance_id
         key = request.idempotency_key
-        if request.op is NodeOp.REPLACE:
-            approval = self.gate.check(request, iid)
-            if not approval.approved:
-                return finish(Outcome.PENDING_APPROVAL, approval.detail, iid)
-        limiter = self.replace_limit if request.op is NodeOp.REPLACE else self.reboot_limit
-        allowed, why = limiter.acquire(key, iid)
-        if not allowed:
-            return finish(Outcome.RATE_LIMITED, why, iid)
+        refused, why = self.admit(request, iid)
+        if refused is not None:
+            return finish(refused, why, iid)
+        limiter = self.limiter(request.op)
         try:
             if request.op is NodeOp.REBOOT:
                 self._call("RebootInstances", lambda: self.ec2.reboot_instances(InstanceIds=[iid]))
@@ -437,12 +391,7 @@ def _parse(settings: Mapping[str, object], *, state_dir: Path | None, prefix: st
     grace = read.flag("respect_grace_period", False)
     hook = read.text("lifecycle_hook")
     wait_s = read.number("lifecycle_wait_s", 60.0)
-    replace_limit = rate_limiter_from(
-        read, state_dir=state_dir, scope="replace", default_max=2, default_window_s=3600
-    )
-    reboot_limit = rate_limiter_from(
-        read, state_dir=state_dir, scope="reboot", default_max=4, default_window_s=3600
-    )
+    replace_limit, reboot_limit = node_op_limits_from(read, state_dir=state_dir)
     approval_dir = read.text("approval_dir")
     read.done()
     return _Parsed(

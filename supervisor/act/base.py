@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, MutableMapping
 from typing import Protocol
 
 from supervisor.vocabulary import Action, ActionResult, JobObservation
@@ -30,3 +31,19 @@ class Actuator(Protocol):
     def stop(self) -> None: ...
 
     def clear_halt(self) -> None: ...
+
+
+def apply_once(
+    results: MutableMapping[str, ActionResult],
+    action: Action,
+    act: Callable[[Action, float], ActionResult],
+    clock: Callable[[], float],
+) -> ActionResult:
+    """The result `results` holds for the action's idempotency key, else `act(action, started)`'s,
+    recorded there: the same key twice is done once. Call it holding the actuator's lock."""
+    done = results.get(action.idempotency_key)
+    if done is not None:
+        return done
+    result = act(action, clock())
+    results[action.idempotency_key] = result
+    return result

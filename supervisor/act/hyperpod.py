@@ -43,10 +43,11 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import boto3
 from botocore.exceptions import ClientError
 
+from supervisor.act.aws_node import AwsRemediator, Finish
 from supervisor.act.remediate import (
     ApprovalGate,
-    AutoApprove,
     FileApprovalGate,
+    GuardedRemediator,
     NodeHealth,
     NodeOp,
     Outcome,
@@ -55,12 +56,11 @@ from supervisor.act.remediate import (
     RemediationResult,
     SettingsError,
     SettingsReader,
-    rate_limiter_from,
+    node_op_limits_from,
 )
 from supervisor.sources.aws import (
     ApiCallCounter,
     AwsSettings,
-    call_with_retry,
     describe_error,
     error_code,
     make_client,
@@ -139,41 +139,16 @@ def _node_from(row: Mapping[str, Any]) -> ClusterNode:
     )
 
 
-class HyperPodRemediator:
-    """NodeRemediator over the SageMaker API: REBOOT and REPLACE. Thread-safe."""
+class HyperPodRemediator(AwsRemediator[HyperPodSettings]):
+    """NodeRemediator over the SageMaker API: REBOOT and REPLACE. Thread-safe. Constructor: see
+    AwsRemediator."""
 
     name = "hyperpod"
     supported_ops = frozenset({NodeOp.REBOOT, NodeOp.REPLACE})
+    sagemaker: SageMakerClient
 
-    def __init__(
-        self,
-        settings: HyperPodSettings,
-        aws: AwsSettings,
-        *,
-        replace_limit: RateLimiter,
-        reboot_limit: RateLimiter,
-        gate: ApprovalGate | None = None,
-        session: boto3.session.Session | None = None,
-        counter: ApiCallCounter | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-        monotonic: Callable[[], float] = time.monotonic,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.settings = settings
-        self.aws = aws
-        self.replace_limit = replace_limit
-        self.reboot_limit = reboot_limit
-        self.gate: ApprovalGate = gate if gate is not None else AutoApprove()
-        self.counter = counter if counter is not None else ApiCallCounter()
-        self.sleep = sleep
-        self.monotonic = monotonic
-        self.clock = clock
-        self.sagemaker = cast("SageMakerClient", make_client("sagemaker", aws, session=session))
-
-    def _call(self, op: str, fn: Callable[[], Any]) -> Any:
-        return call_with_retry(
-            fn, self.aws, op=op, counter=self.counter, sleep=self.sleep, monotonic=self.monotonic
-        )
+    def _connect(self, session: boto3.session.Session | None) -> None:
+        self.sagemaker = cast("SageMakerClient", make_client("sagemaker", self.aws, session=session))
 
     # ------------------------------------------------------------------ node name -> cluster node
 
@@ -257,40 +232,26 @@ class HyperPodRemediator:
             steps.append("BatchRebootClusterNodes (instance and volumes kept)")
         return steps
 
-    def remediate(self, request: RemediationRequest) -> RemediationResult:
-        started = self.clock()
-
-        def finish(outcome: Outcome, detail: str, target: str | None = None) -> RemediationResult:
-            return RemediationResult(request.node, request.op, outcome, detail, started, self.clock(), target)
-
-        if request.op not in self.supported_ops:
-            return finish(Outcome.REFUSED, f"hyperpod cannot {request.op.value} a node")
-        try:
-            node, how = self.resolve(request.node)
-            if node is None:
-                return finish(Outcome.REFUSED, f"cannot map {request.node}: {how}")
-            iid = node.instance_id
-            group = self.settings.instance_group
-            if group and node.instance_group != group:
-                return finish(
-                    Outcome.REFUSED,
-                    f"{iid} is in instance group {node.instance_group}, not {group}; refusing",
-                    iid,
-                )
-            if node.status in _BUSY:
-                return finish(Outcome.NOOP, f"{iid} is {node.status}: HyperPod is already on it", iid)
-            if request.op is NodeOp.REPLACE:
-                approval = self.gate.check(request, iid)
-                if not approval.approved:
-                    return finish(Outcome.PENDING_APPROVAL, approval.detail, iid)
-            limiter = self.replace_limit if request.op is NodeOp.REPLACE else self.reboot_limit
-            allowed, why = limiter.acquire(request.idempotency_key, iid)
-            if not allowed:
-                return finish(Outcome.RATE_LIMITED, why, iid)
-            outcome, detail = self._batch(request.op, iid, limiter, request.idempotency_key)
-            return finish(outcome, f"{detail} ({why})" if outcome is Outcome.DONE else detail, iid)
-        except Exception as exc:  # never raise for an outside failure
-            return finish(Outcome.FAILED, describe_error(exc))
+    def _remediate(self, request: RemediationRequest, finish: Finish) -> RemediationResult:
+        node, how = self.resolve(request.node)
+        if node is None:
+            return finish(Outcome.REFUSED, f"cannot map {request.node}: {how}")
+        iid = node.instance_id
+        group = self.settings.instance_group
+        if group and node.instance_group != group:
+            return finish(
+                Outcome.REFUSED,
+                f"{iid} is in instance group {node.instance_group}, not {group}; refusing",
+                iid,
+            )
+        if node.status in _BUSY:
+            return finish(Outcome.NOOP, f"{iid} is {node.status}: HyperPod is already on it", iid)
+        refused, why = self.admit(request, iid)
+        if refused is not None:
+            return finish(refused, why, iid)
+        limiter = self.limiter(request.op)
+        outcome, detail = self._batch(request.op, iid, limiter, request.idempotency_key)
+        return finish(outcome, f"{detail} ({why})" if outcome is Outcome.DONE else detail, iid)
 
     def _batch(self, op: NodeOp, iid: str, limiter: RateLimiter, key: str) -> tuple[Outcome, str]:
         cluster = self.settings.cluster
@@ -353,7 +314,7 @@ class NodeLabels(Protocol):
     def patch_node(self, name: str, body: Mapping[str, Any]) -> dict[str, Any]: ...
 
 
-class HyperPodLabelRemediator:
+class HyperPodLabelRemediator(GuardedRemediator):
     """NodeRemediator for HyperPod on EKS that sets the node-health-status label. REBOOT, REPLACE.
 
     Only a HyperPod node (one that carries the label at all) is touched; an UnschedulablePending*
@@ -373,11 +334,8 @@ class HyperPodLabelRemediator:
         gate: ApprovalGate | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__(replace_limit=replace_limit, reboot_limit=reboot_limit, gate=gate, clock=clock)
         self.api = api
-        self.replace_limit = replace_limit
-        self.reboot_limit = reboot_limit
-        self.gate: ApprovalGate = gate if gate is not None else AutoApprove()
-        self.clock = clock
 
     def plan(self, request: RemediationRequest) -> list[str]:
         if request.op not in self.supported_ops:
@@ -409,14 +367,10 @@ class HyperPodLabelRemediator:
                 )
             if str(current).startswith("UnschedulablePending"):
                 return finish(Outcome.NOOP, f"node {node_name} is already {current}")
-            if request.op is NodeOp.REPLACE:
-                approval = self.gate.check(request, node_name)
-                if not approval.approved:
-                    return finish(Outcome.PENDING_APPROVAL, approval.detail)
-            limiter = self.replace_limit if request.op is NodeOp.REPLACE else self.reboot_limit
-            allowed, why = limiter.acquire(request.idempotency_key, node_name)
-            if not allowed:
-                return finish(Outcome.RATE_LIMITED, why)
+            refused, why = self.admit(request, node_name)
+            if refused is not None:
+                return finish(refused, why)
+            limiter = self.limiter(request.op)
             value = LABEL_VALUE[request.op]
             version = node.get("metadata", {}).get("resourceVersion")
             try:
@@ -465,12 +419,7 @@ def _parse(settings: Mapping[str, object], *, state_dir: Path | None, prefix: st
         if not re.fullmatch(INSTANCE_ID.pattern, iid):
             read.problem(f"node_map.{node}", f"must be an instance id (i-...), got {iid!r}")
     group = read.text("instance_group")
-    replace_limit = rate_limiter_from(
-        read, state_dir=state_dir, scope="replace", default_max=2, default_window_s=3600
-    )
-    reboot_limit = rate_limiter_from(
-        read, state_dir=state_dir, scope="reboot", default_max=4, default_window_s=3600
-    )
+    replace_limit, reboot_limit = node_op_limits_from(read, state_dir=state_dir)
     approval_dir = read.text("approval_dir")
     require = read.flag("require_approval", True)
     kubeconfig = read.text("kubeconfig")

@@ -46,6 +46,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
+from supervisor.act.base import apply_once
 from supervisor.act.remediate import (
     NodeFault,
     NodeHealth,
@@ -674,16 +675,13 @@ class KubernetesActuator:
     def apply(self, action: Action) -> ActionResult:
         """Carry out one action; a key seen before (in memory or on the job object) is not redone."""
         with self._lock:
-            done = self._results.get(action.idempotency_key)
-            if done is not None:
-                return done
-            started = self.clock()
-            try:
-                result = self._apply(action, started)
-            except Exception as exc:
-                result = self._result(action, started, False, f"{action.kind.value} failed: {_describe(exc)}")
-            self._results[action.idempotency_key] = result
-            return result
+            return apply_once(self._results, action, self._apply_or_fail, self.clock)
+
+    def _apply_or_fail(self, action: Action, started: float) -> ActionResult:
+        try:
+            return self._apply(action, started)
+        except Exception as exc:
+            return self._result(action, started, False, f"{action.kind.value} failed: {_describe(exc)}")
 
     def _result(
         self, action: Action, started: float, ok: bool, detail: str, attempt: int | None = None

@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from supervisor.act.base import apply_once
 from supervisor.errors import StartupError
 from supervisor.vocabulary import Action, ActionResult, JobObservation, Verdict
 
@@ -136,7 +137,7 @@ class LocalActuator:
         stopped = []
         for node, pid in self._leftovers.items():
             if _is_node_agent(pid, self.spec.job):
-                for victim in (pid, *_descendants(pid)):
+                for victim in (pid, *descendants(pid)):
                     _signal_group(victim, signal.SIGKILL, group=False)
                 stopped.append(f"{node} (pid {pid})")
         self._leftovers = {}
@@ -252,13 +253,7 @@ class LocalActuator:
     def apply(self, action: Action) -> ActionResult:
         """Carry out one action; the same idempotency key twice returns the first result."""
         with self._lock:
-            done = self._results.get(action.idempotency_key)
-            if done is not None:
-                return done
-            started = time.time()
-            result = self._apply(action, started)
-            self._results[action.idempotency_key] = result
-            return result
+            return apply_once(self._results, action, self._apply, time.time)
 
     def _apply(self, action: Action, started: float) -> ActionResult:
         def finish(ok: bool, detail: str) -> ActionResult:
@@ -359,7 +354,7 @@ class LocalActuator:
         names = sorted(self._running)
         # torchrun starts each rank in a session of its own, so killing the agent's group is not
         # enough: remember the whole tree now, before parents die and orphans are re-parented.
-        tree = {pid for n in self._running.values() for pid in _descendants(n.process.pid)}
+        tree = {pid for n in self._running.values() for pid in descendants(n.process.pid)}
         for n in self._running.values():
             if n.process.poll() is None:
                 _signal_group(n.process.pid, signal.SIGTERM, group=False)
@@ -390,8 +385,8 @@ def _signal_group(pid: int, sig: signal.Signals, *, group: bool) -> None:
         pass
 
 
-def _descendants(root: int) -> set[int]:
-    """All live descendants of `root` (Linux /proc), whatever session they moved to."""
+def process_children() -> dict[int, list[int]]:
+    """Parent pid -> the pids of its live children, for every process (Linux /proc)."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -405,6 +400,14 @@ def _descendants(root: int) -> set[int]:
         fields = stat[stat.rfind(b")") + 2 :].split()
         if len(fields) > 1:
             children.setdefault(int(fields[1]), []).append(int(entry))
+    return children
+
+
+def descendants(root: int, children: Mapping[int, list[int]] | None = None) -> set[int]:
+    """All live descendants of `root` (Linux /proc), whatever session they moved to; `children` is a
+    process_children() snapshot to reuse (default: a fresh one)."""
+    if children is None:
+        children = process_children()
     found: set[int] = set()
     stack = [root]
     while stack:

@@ -16,6 +16,7 @@ Shared here, so every backend behaves the same way:
 - `RateLimiter`: at most N operations per window, persisted to a JSON file so a daemon restart
   (or a crash loop) cannot reset it; an idempotency key is counted once.
 - `ApprovalGate`: destructive operations (a replacement wipes the instance) can wait for a human.
+- `GuardedRemediator`: the approval-then-rate-limit step every REBOOT / REPLACE backend takes.
 - `RemediatingActuator`: an `Actuator` that lets an inner actuator restart the job without the
   node (cordon_and_restart) and then asks a `NodeRemediator` to reboot or replace that node.
 - `SettingsReader`: typed reads of a backend's config mapping that collect every problem at once.
@@ -44,7 +45,9 @@ __all__ = [
     "Approval",
     "ApprovalGate",
     "AutoApprove",
+    "BudgetStop",
     "FileApprovalGate",
+    "GuardedRemediator",
     "NodeFault",
     "NodeHealth",
     "NodeOp",
@@ -59,6 +62,7 @@ __all__ = [
     "SettingsError",
     "SettingsReader",
     "choose_op",
+    "node_op_limits_from",
     "rate_limiter_from",
     "retry_call",
 ]
@@ -372,6 +376,41 @@ class FileApprovalGate:
         )
 
 
+class GuardedRemediator:
+    """The guards shared by the REBOOT / REPLACE backends: a replacement waits for `gate` (default:
+    approve everything), and each operation takes a slot of its own persisted `RateLimiter`."""
+
+    def __init__(
+        self,
+        *,
+        replace_limit: RateLimiter,
+        reboot_limit: RateLimiter,
+        gate: ApprovalGate | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.replace_limit = replace_limit
+        self.reboot_limit = reboot_limit
+        self.gate: ApprovalGate = gate if gate is not None else AutoApprove()
+        self.clock = clock
+
+    def limiter(self, op: NodeOp) -> RateLimiter:
+        """The rate limiter that counts `op`."""
+        return self.replace_limit if op is NodeOp.REPLACE else self.reboot_limit
+
+    def admit(self, request: RemediationRequest, target: str) -> tuple[Outcome | None, str]:
+        """Approval (REPLACE only), then a rate-limit slot for the request's key. (None, why) when the
+        operation may go ahead (the slot is taken; release it if the backend refuses), else
+        (PENDING_APPROVAL or RATE_LIMITED, why) and nothing was taken."""
+        if request.op is NodeOp.REPLACE:
+            approval = self.gate.check(request, target)
+            if not approval.approved:
+                return Outcome.PENDING_APPROVAL, approval.detail
+        allowed, why = self.limiter(request.op).acquire(request.idempotency_key, target)
+        if not allowed:
+            return Outcome.RATE_LIMITED, why
+        return None, why
+
+
 # ----------------------------------------------------------------------------- retries for non-AWS calls
 
 
@@ -389,7 +428,9 @@ class RetryPolicy:
             raise ValueError(f"budget_s must be >= 0, got {self.budget_s}")
 
 
-class _BudgetStop(stop_base):
+class BudgetStop(stop_base):
+    """A tenacity stop: no attempt starts `budget_s` or later after the first (injectable clock)."""
+
     def __init__(self, budget_s: float, monotonic: Callable[[], float]) -> None:
         self.budget_s = budget_s
         self.monotonic = monotonic
@@ -406,16 +447,19 @@ def retry_call(
     retryable: Callable[[BaseException], bool],
     sleep: Callable[[float], None] = time.sleep,
     monotonic: Callable[[], float] = time.monotonic,
+    multiplier: float = 0.2,
+    before_sleep: Callable[[RetryCallState], None] | None = None,
 ) -> T:
     """Call `fn()`, retrying while it raises `retryable` errors, with jittered exponential waits
-    (multiplier 0.2 s, at most 5 s), at most `policy.max_attempts` attempts and no attempt starting
+    (`multiplier` s, at most 5 s), at most `policy.max_attempts` attempts and no attempt starting
     after `policy.budget_s`; then the last error is re-raised unchanged. `fn` must bound its own
-    time (a request timeout)."""
+    time (a request timeout). `before_sleep` sees each failed attempt that will be retried."""
     retrying = Retrying(
         sleep=sleep,
-        stop=stop_after_attempt(policy.max_attempts) | _BudgetStop(policy.budget_s, monotonic),
-        wait=wait_random_exponential(multiplier=0.2, max=5),
+        stop=stop_after_attempt(policy.max_attempts) | BudgetStop(policy.budget_s, monotonic),
+        wait=wait_random_exponential(multiplier=multiplier, max=5),
         retry=retry_if_exception(retryable),
+        before_sleep=before_sleep,
         reraise=True,
     )
     return retrying(fn)
@@ -636,3 +680,15 @@ def rate_limiter_from(
     window = read.number("window_s", default_window_s, positive=True)
     path = None if state_dir is None else state_dir / f"{read.prefix.replace('.', '-')}-ratelimit.json"
     return RateLimiter(path, max_ops=limit, window_s=window, scope=scope, clock=clock)
+
+
+def node_op_limits_from(read: SettingsReader, *, state_dir: Path | None) -> tuple[RateLimiter, RateLimiter]:
+    """The (replace, reboot) limiters of a node backend: `max_replaces` (default 2) and `max_reboots`
+    (default 4) within `window_s` (default 3600), persisted as rate_limiter_from says."""
+    replace_limit = rate_limiter_from(
+        read, state_dir=state_dir, scope="replace", default_max=2, default_window_s=3600
+    )
+    reboot_limit = rate_limiter_from(
+        read, state_dir=state_dir, scope="reboot", default_max=4, default_window_s=3600
+    )
+    return replace_limit, reboot_limit

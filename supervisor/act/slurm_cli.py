@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
-from tenacity.stop import stop_base
+from tenacity import RetryCallState
+
+from supervisor.act.remediate import RetryPolicy, retry_call
 
 log = structlog.get_logger(__name__)
 
@@ -431,16 +432,6 @@ class SlurmSettings:
             raise ValueError("retry_budget_s must be >= 0")
 
 
-class _budget(stop_base):
-    def __init__(self, budget_s: float, monotonic: Callable[[], float]) -> None:
-        self.budget_s = budget_s
-        self.monotonic = monotonic
-        self.started = monotonic()
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        return self.monotonic() - self.started + retry_state.upcoming_sleep >= self.budget_s
-
-
 @dataclass(frozen=True, slots=True)
 class CommandRecord:
     """One command as it ran (for tests and the journal's detail): argv, exit status, seconds."""
@@ -491,16 +482,15 @@ class SlurmCli:
         non-zero exit, a timeout, or a missing program. With `retry`, transient failures are tried again."""
         if not retry:
             return self._once(argv, extra_env, cwd)
-        retrying = Retrying(
+        return retry_call(
+            lambda: self._once(argv, extra_env, cwd),
+            RetryPolicy(self.settings.max_attempts, self.settings.retry_budget_s),
+            retryable=_retryable,
             sleep=self._sleep,
-            stop=stop_after_attempt(self.settings.max_attempts)
-            | _budget(self.settings.retry_budget_s, self._monotonic),
-            wait=wait_random_exponential(multiplier=0.3, max=5),
-            retry=retry_if_exception(_retryable),
+            monotonic=self._monotonic,
+            multiplier=0.3,
             before_sleep=self._log_retry,
-            reraise=True,
         )
-        return retrying(lambda: self._once(argv, extra_env, cwd))
 
     @staticmethod
     def _log_retry(state: RetryCallState) -> None:

@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from botocore.stub import Stubber
 
@@ -49,12 +48,6 @@ class FakeClock:
 
 def aws(endpoint: str) -> AwsSettings:
     return AwsSettings(endpoint_url=endpoint, connect_timeout_s=2, read_timeout_s=10, max_attempts=2)
-
-
-@pytest.fixture
-def clients(moto_endpoint: str) -> tuple[Any, Any]:
-    kw: dict[str, Any] = {"region_name": "us-east-1", "endpoint_url": moto_endpoint}
-    return boto3.client("ec2", **kw), boto3.client("autoscaling", **kw)
 
 
 def make_group(clients: tuple[Any, Any], size: int = 3, name: str | None = None) -> tuple[str, list[str]]:

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import re
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import yaml
 
@@ -82,10 +81,16 @@ def config(tmp_path: Path, actuator: str, *, aws: str = "{region: us-east-1}", m
 
 
 @pytest.fixture
-def built() -> Iterator[list[Daemon]]:
-    """Daemons a test built; shut down (journal closed, job left alone) when it ends."""
+def built() -> Iterator[Callable[[Config], Daemon]]:
+    """`daemon.build`, for daemons shut down (journal closed, job left alone) when the test ends."""
     daemons: list[Daemon] = []
-    yield daemons
+
+    def build_daemon(cfg: Config) -> Daemon:
+        d = build(cfg)
+        daemons.append(d)
+        return d
+
+    yield build_daemon
     for d in daemons:
         d.shutdown(stop_job=False)
 
@@ -118,12 +123,12 @@ def answer_cordon_and_restart(kube: KubeServer) -> None:
 
 
 def test_aws_asg_wraps_the_job_actuator_and_replaces_or_reboots_as_the_root_cause_says(
-    moto_endpoint: str, kube: KubeServer, tmp_path: Path, built: list[Daemon]
+    moto_endpoint: str,
+    clients: tuple[Any, Any],
+    kube: KubeServer,
+    tmp_path: Path,
+    built: Callable[[Config], Daemon],
 ) -> None:
-    clients = (
-        boto3.client("ec2", region_name="us-east-1", endpoint_url=moto_endpoint),
-        boto3.client("autoscaling", region_name="us-east-1", endpoint_url=moto_endpoint),
-    )
     group, ids = make_group(clients)
     cfg = config(
         tmp_path,
@@ -135,8 +140,7 @@ def test_aws_asg_wraps_the_job_actuator_and_replaces_or_reboots_as_the_root_caus
         """,
         aws=f"{{region: us-east-1, endpoint_url: '{moto_endpoint}', max_attempts: 2}}",
     )
-    d = build(cfg)
-    built.append(d)
+    d = built(cfg)
 
     act = d.actuator
     assert isinstance(act, RemediatingActuator)
@@ -180,12 +184,8 @@ def test_aws_asg_wraps_the_job_actuator_and_replaces_or_reboots_as_the_root_caus
 
 
 def test_aws_asg_with_a_local_job_finds_instances_by_tag_and_node_ops_choose_reboot(
-    moto_endpoint: str, tmp_path: Path, built: list[Daemon]
+    moto_endpoint: str, clients: tuple[Any, Any], tmp_path: Path, built: Callable[[Config], Daemon]
 ) -> None:
-    clients = (
-        boto3.client("ec2", region_name="us-east-1", endpoint_url=moto_endpoint),
-        boto3.client("autoscaling", region_name="us-east-1", endpoint_url=moto_endpoint),
-    )
     group, ids = make_group(clients, size=2)
     cfg = config(
         tmp_path,
@@ -198,8 +198,7 @@ def test_aws_asg_with_a_local_job_finds_instances_by_tag_and_node_ops_choose_reb
         """,
         aws=f"{{region: us-east-1, endpoint_url: '{moto_endpoint}', max_attempts: 2}}",
     )
-    d = build(cfg)
-    built.append(d)
+    d = built(cfg)
     act = d.actuator
     assert isinstance(act, RemediatingActuator) and isinstance(act.inner, LocalActuator)
     assert isinstance(act.remediator, AsgRemediator)
@@ -224,7 +223,7 @@ def test_aws_asg_with_a_local_job_finds_instances_by_tag_and_node_ops_choose_reb
 
 
 def test_kubernetes_is_built_from_its_kubeconfig_and_adopts_the_jobset(
-    kube: KubeServer, tmp_path: Path, built: list[Daemon]
+    kube: KubeServer, tmp_path: Path, built: Callable[[Config], Daemon]
 ) -> None:
     cfg = config(
         tmp_path,
@@ -234,8 +233,7 @@ def test_kubernetes_is_built_from_its_kubeconfig_and_adopts_the_jobset(
                      spare_selector: node.kubernetes.io/instance-type=p5.48xlarge}}
         """,
     )
-    d = build(cfg)
-    built.append(d)
+    d = built(cfg)
     assert isinstance(d.actuator, KubernetesActuator)
     kube.answer("GET", JOBSET, 200, recorded("jobset"))
     kube.answer("GET", PODS, 200, recorded("pods-all"))
@@ -250,7 +248,7 @@ def test_kubernetes_is_built_from_its_kubeconfig_and_adopts_the_jobset(
 
 
 def test_hyperpod_on_eks_labels_nodes_through_the_job_actuators_connection(
-    kube: KubeServer, tmp_path: Path, built: list[Daemon]
+    kube: KubeServer, tmp_path: Path, built: Callable[[Config], Daemon]
 ) -> None:
     cfg = config(
         tmp_path,
@@ -262,8 +260,7 @@ def test_hyperpod_on_eks_labels_nodes_through_the_job_actuators_connection(
         hyperpod: {{via: labels, approval_dir: approvals}}
         """,
     )
-    d = build(cfg)
-    built.append(d)
+    d = built(cfg)
     act = d.actuator
     assert isinstance(act, RemediatingActuator) and isinstance(act.inner, KubernetesActuator)
     assert isinstance(act.remediator, HyperPodLabelRemediator)
@@ -273,7 +270,7 @@ def test_hyperpod_on_eks_labels_nodes_through_the_job_actuators_connection(
 
 
 def test_hyperpod_api_way_keeps_approvals_and_rate_limits_next_to_the_journal(
-    aws_env: None, tmp_path: Path, built: list[Daemon]
+    aws_env: None, tmp_path: Path, built: Callable[[Config], Daemon]
 ) -> None:
     cfg = config(
         tmp_path,
@@ -284,8 +281,7 @@ def test_hyperpod_api_way_keeps_approvals_and_rate_limits_next_to_the_journal(
         hyperpod: {cluster: llm-pretrain, instance_group: workers}
         """,
     )
-    d = build(cfg)
-    built.append(d)
+    d = built(cfg)
     act = d.actuator
     assert isinstance(act, RemediatingActuator) and isinstance(act.remediator, HyperPodRemediator)
     assert act.remediator.settings.cluster == "llm-pretrain"
@@ -307,10 +303,9 @@ def test_hyperpod_api_way_keeps_approvals_and_rate_limits_next_to_the_journal(
     ids=["none", "local", "slurm"],
 )
 def test_the_job_kinds_build_their_own_actuator(
-    tmp_path: Path, built: list[Daemon], actuator: str, expected: type
+    tmp_path: Path, built: Callable[[Config], Daemon], actuator: str, expected: type
 ) -> None:
-    d = build(config(tmp_path, actuator, mode="observe"))
-    built.append(d)
+    d = built(config(tmp_path, actuator, mode="observe"))
     assert type(d.actuator) is expected
 
 

@@ -28,6 +28,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from supervisor.act.local import descendants, process_children
+
 SLURM_BINARIES = (
     "slurmctld",
     "slurmd",
@@ -432,22 +434,6 @@ def _touches(pid: int, root: Path) -> bool:
     return False
 
 
-def _children() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 1:
-            children.setdefault(int(fields[1]), []).append(int(entry))
-    return children
-
-
 def _comm(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/comm") as f:
@@ -460,7 +446,7 @@ def kill_leftover_steps(root: Path, also_under: Sequence[Path] = ()) -> list[int
     """SIGKILL every slurmstepd whose files lie under `root` (or `also_under`), with its whole process
     tree (job scripts, srun, node agents, torchrun, ranks). Returns the pids signalled."""
     roots = (root, *also_under)
-    tree = _children()
+    tree = process_children()
     victims: set[int] = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -468,12 +454,7 @@ def kill_leftover_steps(root: Path, also_under: Sequence[Path] = ()) -> list[int
         pid = int(entry)
         if _comm(pid) != "slurmstepd" or not any(_touches(pid, r) for r in roots):
             continue
-        stack = [pid]
-        while stack:
-            p = stack.pop()
-            if p not in victims:
-                victims.add(p)
-                stack.extend(tree.get(p, []))
+        victims |= {pid, *descendants(pid, tree)}
     for pid in victims:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)

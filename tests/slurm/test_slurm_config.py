@@ -11,7 +11,7 @@ import pytest
 from supervisor.act.slurm import SlurmActuator
 from supervisor.config import load_config
 from supervisor.daemon import aws_settings, build_actuator
-from supervisor.errors import ConfigError
+from tests.test_config import problems
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -21,12 +21,6 @@ def write(tmp_path: Path, text: str) -> Path:
     p = tmp_path / "ftsup.yaml"
     p.write_text(textwrap.dedent(text))
     return p
-
-
-def problems(path: Path, tmp_path: Path) -> list[str]:
-    with pytest.raises(ConfigError) as ei:
-        load_config(path)
-    return [str(p).replace(str(tmp_path) + "/", "") for p in ei.value.problems]
 
 
 def test_a_slurm_config_loads_with_defaults_and_resolved_paths(tmp_path: Path) -> None:
