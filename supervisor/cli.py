@@ -10,6 +10,12 @@
                                                  expected incidents and decisions)
     ftsup config check CONFIG                    validate a daemon config file
     ftsup timeline [--json] (-c CONFIG | --journal DB) [--job NAME]
+    ftsup report --html OUT (-c CONFIG | --journal DB) [--job NAME] [--from T] [--to T]
+                                                 one self-contained HTML page: node swimlanes,
+                                                 goodput, ETTR, MTBF/MTTR (T: ISO 8601 or epoch s)
+    ftsup replay -c CONFIG --from T1 --to T2 [--policies PATH...] [--json]
+                                                 what ftsup would have done over a past window
+                                                 (observe mode; T: ISO 8601 UTC, -2h, -30m, now)
 
 Exit codes: 0 ok, 1 a check failed, 2 bad input (config, policy, arguments), 3 the job halted.
 """
@@ -67,6 +73,27 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--journal", type=Path)
     timeline.add_argument("--job")
     timeline.add_argument("--json", action="store_true")
+
+    report = sub.add_parser("report", help="write the job's failures and goodput as one HTML file")
+    report.add_argument("--html", required=True, type=Path, help="the file to write")
+    rwhere = report.add_mutually_exclusive_group(required=True)
+    rwhere.add_argument("-c", "--config", type=Path)
+    rwhere.add_argument("--journal", type=Path)
+    report.add_argument("--job", help="one job (default: the config's job, else every job)")
+    report.add_argument("--from", dest="start", help="window start (ISO 8601 or epoch seconds)")
+    report.add_argument("--to", dest="end", help="window end (ISO 8601 or epoch seconds)")
+
+    rp = sub.add_parser(
+        "replay", help="run the policies over a past window of the job's CloudWatch data (observe mode)"
+    )
+    rp.add_argument("-c", "--config", required=True, type=Path)
+    rp.add_argument("--from", dest="start", required=True, help="ISO 8601 UTC, or relative: -2h, -30m, now")
+    rp.add_argument("--to", dest="end", default="now", help="ISO 8601 UTC, or relative (default: now)")
+    rp.add_argument(
+        "-p", "--policies", nargs="+", type=Path, help="policy files or dirs replacing the config's"
+    )
+    rp.add_argument("--endpoint-url", help="override aws.endpoint_url")
+    rp.add_argument("--json", action="store_true")
     return p
 
 
@@ -76,8 +103,19 @@ def _policy_paths(given: list[Path] | None) -> list[Path]:
     return given or [default_policy_dir()]
 
 
+def _glue_times(argv: list[str]) -> list[str]:
+    """`--from -2h` reads to argparse as an option: glue a time that starts with "-" to its flag."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in ("--from", "--to") and arg.startswith("-") and arg[1:2].isdigit():
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(_glue_times(sys.argv[1:] if argv is None else argv))
     try:
         return _dispatch(args)
     except (ConfigError, StartupError) as exc:
@@ -144,6 +182,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(render_json(entries) if args.json else render_text(entries))
         return 0
 
+    if args.command == "replay":
+        return _replay(args)
+
+    if args.command == "report":
+        return _report(args)
+
     if args.command == "demo":
         from supervisor.demo import run_demo
 
@@ -161,6 +205,75 @@ def _dispatch(args: argparse.Namespace) -> int:
             daemon.clear_halt()
         return run_forever(daemon)
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _replay(args: argparse.Namespace) -> int:
+    """`ftsup replay`: 0 done (whatever it found), 1 the window could not be read, 2 bad input."""
+    import time
+
+    from supervisor.config import load_config
+    from supervisor.logs import configure_logging
+    from supervisor.replay import ReplayError, parse_when, render_text, replay, report_json
+
+    now = time.time()
+    try:
+        start, end = parse_when(args.start, now), parse_when(args.end, now)
+    except ValueError as exc:
+        print(f"ftsup replay: {exc}", file=sys.stderr)
+        return 2
+    cfg = load_config(args.config)
+    configure_logging(cfg.logging.format, "warning")  # the engine's info lines would drown the report
+    try:
+        report = replay(cfg, start, end, policies=args.policies, endpoint_override=args.endpoint_url)
+    except ValueError as exc:
+        print(f"ftsup replay: {exc}", file=sys.stderr)
+        return 2
+    except ReplayError as exc:
+        print(f"ftsup replay: {exc}", file=sys.stderr)
+        return 1
+    print(report_json(report) if args.json else render_text(report))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    """`ftsup report --html OUT`: 0 written, 2 bad input (no journal, bad time, unknown job)."""
+    from supervisor.journal import Journal
+    from supervisor.report.html import build_reports, parse_instant, render_html
+
+    job = args.job
+    if args.config is not None:
+        from supervisor.config import load_config
+
+        cfg = load_config(args.config)
+        path = Path(cfg.journal.path)
+        job = job or cfg.job.name
+    else:
+        path = args.journal
+    try:
+        start = parse_instant(args.start) if args.start else None
+        end = parse_instant(args.end) if args.end else None
+    except ValueError as exc:
+        print(f"ftsup report: {exc}", file=sys.stderr)
+        return 2
+    if start is not None and end is not None and end < start:
+        print("ftsup report: --to is before --from", file=sys.stderr)
+        return 2
+    if not path.exists():
+        print(f"{path}: no journal here", file=sys.stderr)
+        return 2
+    journal = Journal(path)
+    try:
+        reports = build_reports(journal, job, start, end)
+    finally:
+        journal.close()
+    if job is not None and all(not r.goodput.segments and not r.entries for r in reports):
+        print(f"ftsup report: the journal {path} holds nothing for job {job!r}", file=sys.stderr)
+        return 2
+    out = Path(args.html)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_html(reports, str(path)), encoding="utf-8")
+    print(f"wrote {out} ({', '.join(r.goodput.job for r in reports) or 'no job'})")
+    return 0
 
 
 if __name__ == "__main__":

@@ -58,7 +58,19 @@ Example (all values shown are the defaults unless marked)::
       hyperpod: {cluster: NAME, via: api, require_approval: true, ...} # see hyperpod.from_settings
       node_ops: {}                                # aws-asg, hyperpod: {rule: reboot | replace} overrides
     journal: {path: ftsup.db}
-    alerts: {log: true, webhooks: [{url: https://..., timeout_s: 5.0}]}
+    alerts:
+      log: true                                   # a structured log line per alert
+      webhooks: [{url: https://..., timeout_s: 5.0}]   # generic JSON webhooks (also a sink kind)
+      inhibit_window_s: 600.0                     # a root cause's alert inhibits symptoms this close
+      redeliver_every_s: 60.0                     # undelivered alerts (journal outbox) retried this often
+      sinks:                                      # each: kind, name (default: the kind), timeout_s: 5.0,
+                                                  #       max_attempts: 5, budget_s: 60.0, and per kind:
+        - {kind: alertmanager, url: http://alertmanager:9093, ttl_s: 86400}
+        - {kind: sns, topic_arn: "arn:aws:sns:us-east-1:123456789012:ftsup-alerts"}
+        - {kind: slack, webhook_url: https://hooks.slack.com/services/...}
+        - {kind: pagerduty, routing_key: ..., events_url: https://events.pagerduty.com/v2/enqueue,
+           page_only: true}
+        - {kind: webhook, url: https://...}
     metrics_server: {address: 127.0.0.1, port: 9464}   # port null = off, 0 = any free port
     logging: {format: auto, level: info}                # auto | json | console
 """
@@ -120,6 +132,11 @@ DEFAULT_STATS: Mapping[str, str] = MappingProxyType(
 )
 DEFAULT_STEP_PATTERN = r'"event": "step", "step": (?P<step>\d+)'
 DEFAULT_RESUME_PATTERN = r'"event": "resume", "step": (?P<step>\d+)'
+# The trainer's line for a committed checkpoint (trainer/checkpoint.py `_commit`), with the save
+# duration it reports when present.
+DEFAULT_CHECKPOINT_PATTERN = (
+    r'"event": "checkpoint_saved", "step": (?P<step>\d+)(?:.*"seconds": (?P<seconds>[0-9]+(?:\.[0-9]+)?))?'
+)
 
 
 def default_policy_dir() -> Path:
@@ -136,10 +153,16 @@ def default_policy_dir() -> Path:
 
 @dataclass(frozen=True, slots=True)
 class ProgressPatterns:
-    """RE2 patterns with a named group ``step`` that read training progress from log lines."""
+    """RE2 patterns with a named group ``step`` that read training progress from log lines.
+
+    ``checkpoint`` reads a committed checkpoint (group ``step``; optional group ``seconds``, the save
+    duration) for goodput accounting; None disables it. It is not a config-file key yet: the default
+    reads the reference trainer's ``checkpoint_saved`` lines.
+    """
 
     step: str | None = DEFAULT_STEP_PATTERN
     resume: str | None = DEFAULT_RESUME_PATTERN
+    checkpoint: str | None = DEFAULT_CHECKPOINT_PATTERN
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,10 +303,53 @@ class WebhookConfig:
     timeout_s: float = 5.0
 
 
+ALERT_SINK_KINDS = ("alertmanager", "sns", "slack", "pagerduty", "webhook")
+ALERT_SINK_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+SNS_TOPIC_ARN_RE = re.compile(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(?:\.fifo)?")
+PAGERDUTY_EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
+# Keys every `alerts.sinks[]` entry may have, then the keys of each kind (the first one is required).
+_ALERT_SINK_COMMON = ("kind", "name", "timeout_s", "max_attempts", "budget_s")
+_ALERT_SINK_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "alertmanager": ("url", "ttl_s"),
+        "sns": ("topic_arn",),
+        "slack": ("webhook_url",),
+        "pagerduty": ("routing_key", "events_url", "page_only"),
+        "webhook": ("url",),
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AlertSinkConfig:
+    """One entry of `alerts.sinks`. `url` is the Alertmanager base URL, the webhook URL or the Slack
+    webhook URL (`webhook_url` in the file); `topic_arn` is for sns; `routing_key`, `events_url`,
+    `page_only` for pagerduty; `ttl_s` for alertmanager. `name` is unique (default: the kind) and
+    names the sink in metrics and in the journal's alert outbox."""
+
+    kind: str
+    name: str
+    url: str | None = None
+    topic_arn: str | None = None
+    routing_key: str | None = None
+    events_url: str = PAGERDUTY_EVENTS_URL
+    page_only: bool = True
+    ttl_s: float = 24 * 3600.0
+    timeout_s: float = 5.0
+    max_attempts: int = 5
+    budget_s: float = 60.0
+
+
 @dataclass(frozen=True, slots=True)
 class AlertsConfig:
+    """`alerts`: the log sink, the generic webhooks (kept for older files), the other sinks, how
+    long a root cause's alert inhibits its symptoms' alerts, how often undelivered alerts are retried."""
+
     log: bool = True
     webhooks: tuple[WebhookConfig, ...] = ()
+    sinks: tuple[AlertSinkConfig, ...] = ()
+    inhibit_window_s: float = 600.0
+    redeliver_every_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -976,7 +1042,7 @@ class _Loader:
     def alerts(self, value: object) -> AlertsConfig:
         ck = self.ck
         p: DataPath = ("alerts",)
-        m = _section(ck, p, value, ("log", "webhooks"))
+        m = _section(ck, p, value, ("log", "webhooks", "sinks", "inhibit_window_s", "redeliver_every_s"))
         hooks: list[WebhookConfig] = []
         if m.get("webhooks") is not None:
             wl = m["webhooks"]
@@ -992,7 +1058,84 @@ class _Loader:
                     timeout = self.num(wm, wp, "timeout_s", 5.0, positive=True)
                     if url is not None:
                         hooks.append(WebhookConfig(url, timeout))
-        return AlertsConfig(log=self.bool_(m, p, "log", True), webhooks=tuple(hooks))
+        sinks: list[AlertSinkConfig] = []
+        if m.get("sinks") is not None:
+            sl = m["sinks"]
+            if not isinstance(sl, list):
+                ck.problem((*p, "sinks"), f"expected a list of sinks (kind: {' | '.join(ALERT_SINK_KINDS)})")
+            else:
+                names: dict[str, int] = {}
+                for i, entry in enumerate(sl):
+                    sink = self.alert_sink((*p, "sinks", i), entry)
+                    if sink is None:
+                        continue
+                    if sink.name in names:
+                        ck.problem(
+                            (*p, "sinks", i),
+                            f"sink name {sink.name!r} is already used by alerts.sinks[{names[sink.name]}] "
+                            "(give each sink of the same kind a distinct name)",
+                        )
+                        continue
+                    names[sink.name] = i
+                    sinks.append(sink)
+        d = AlertsConfig()
+        return AlertsConfig(
+            log=self.bool_(m, p, "log", True),
+            webhooks=tuple(hooks),
+            sinks=tuple(sinks),
+            inhibit_window_s=self.num(m, p, "inhibit_window_s", d.inhibit_window_s, minimum=0),
+            redeliver_every_s=self.num(m, p, "redeliver_every_s", d.redeliver_every_s, positive=True),
+        )
+
+    def alert_sink(self, p: DataPath, value: object) -> AlertSinkConfig | None:
+        """One `alerts.sinks[]` entry: `kind` picks the keys allowed (and the one required)."""
+        ck = self.ck
+        if not isinstance(value, dict):
+            kinds = " | ".join(ALERT_SINK_KINDS)
+            ck.problem(p, f"expected a mapping with kind ({kinds}), got {type_name(value)}")
+            return None
+        if "kind" not in value:
+            ck.problem(p, f"missing required key 'kind' ({' | '.join(ALERT_SINK_KINDS)})")
+            return None
+        kind = ck.choice((*p, "kind"), value["kind"], ALERT_SINK_KINDS)
+        if kind is None:
+            return None
+        own = _ALERT_SINK_KEYS[kind]
+        sm = ck.mapping(p, value, allowed=(*_ALERT_SINK_COMMON, *own), required=(own[0],))
+        if sm is None or own[0] not in sm:
+            return None
+        d = AlertSinkConfig(kind, kind)
+        name = kind
+        if "name" in sm:
+            name = ck.string((*p, "name"), sm["name"], pattern=ALERT_SINK_NAME_RE, what="sink name") or kind
+        common: dict[str, Any] = {
+            "timeout_s": self.num(sm, p, "timeout_s", d.timeout_s, positive=True, maximum=300),
+            "max_attempts": self.int_(sm, p, "max_attempts", d.max_attempts, minimum=1, maximum=50),
+            "budget_s": self.num(sm, p, "budget_s", d.budget_s, positive=True, maximum=3600),
+        }
+        if kind == "sns":
+            arn = ck.string(
+                (*p, "topic_arn"), sm["topic_arn"], pattern=SNS_TOPIC_ARN_RE, what="SNS topic ARN"
+            )
+            return AlertSinkConfig(kind, name, topic_arn=arn, **common) if arn else None
+        if kind == "pagerduty":
+            key = ck.string((*p, "routing_key"), sm["routing_key"])
+            events = d.events_url
+            if "events_url" in sm:
+                events = _url(ck, (*p, "events_url"), sm["events_url"]) or events
+            page_only = self.bool_(sm, p, "page_only", d.page_only)
+            if key is None:
+                return None
+            return AlertSinkConfig(
+                kind, name, routing_key=key, events_url=events, page_only=page_only, **common
+            )
+        url = _url(ck, (*p, own[0]), sm[own[0]])
+        if url is None:
+            return None
+        if kind == "alertmanager":
+            ttl = self.num(sm, p, "ttl_s", d.ttl_s, positive=True)
+            return AlertSinkConfig(kind, name, url=url, ttl_s=ttl, **common)
+        return AlertSinkConfig(kind, name, url=url, **common)
 
     def metrics_server(self, value: object) -> MetricsServerConfig:
         ck = self.ck

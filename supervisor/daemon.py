@@ -6,6 +6,7 @@ through `build()`, so the demo exercises exactly the production code path.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import signal
 import sys
@@ -15,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -34,7 +36,12 @@ from supervisor.act.remediate import (
 from supervisor.act.slurm import SlurmActuator, SlurmJobSpec
 from supervisor.act.slurm_cli import SlurmSettings
 from supervisor.alert.base import AlertSink
-from supervisor.alert.sinks import LogAlertSink, WebhookAlertSink
+from supervisor.alert.build import AlertContext
+from supervisor.alert.http_sinks import AlertmanagerSink, PagerDutyAlertSink, SlackAlertSink
+from supervisor.alert.outbox import Outbox
+from supervisor.alert.router import AlertRouter
+from supervisor.alert.sinks import DeliveryCallback, LogAlertSink, WebhookAlertSink
+from supervisor.alert.sns import SnsAlertSink
 from supervisor.classify.exits import EXIT_RULE
 from supervisor.classify.policy import PolicySet, load_policies
 from supervisor.config import NODE_KINDS, Config
@@ -293,6 +300,74 @@ def build_actuator(
     )
 
 
+def alert_sink_names(config: Config) -> list[str]:
+    """The names of the alert sinks `build_alert_router` builds, in order (metrics label values)."""
+    a = config.alerts
+    return (
+        (["log"] if a.log else [])
+        + [f"webhook-{i}" for i in range(len(a.webhooks))]
+        + [s.name for s in a.sinks]
+    )
+
+
+def alert_context(config: Config) -> AlertContext:
+    """What alerts link to: the job's log group in the configured region, and the instance ids the
+    Slurm actuator's instance map knows (node -> instance id)."""
+    instances = {node: instance for instance, node in config.actuator.slurm.instance_map.items()}
+    return AlertContext(region=config.aws.region, log_group=config.job.log_group, instance_ids=instances)
+
+
+def build_alert_router(
+    config: Config,
+    aws: AwsSettings,
+    outbox: Outbox,
+    on_delivery: DeliveryCallback | None = None,
+    counter: ApiCallCounter | None = None,
+) -> AlertRouter:
+    """Every configured alert sink behind one AlertRouter (dedupe, inhibition). Delivering sinks
+    record what they are given in `outbox` (the journal) and retry what is pending, also what a
+    previous daemon left. Nothing is sent here; each sink only starts its worker thread."""
+    a = config.alerts
+    sinks: list[AlertSink] = []
+    if a.log:
+        sinks.append(LogAlertSink(on_delivery=on_delivery))
+    common: dict[str, Any] = {
+        "outbox": outbox,
+        "on_delivery": on_delivery,
+        "redeliver_every_s": a.redeliver_every_s,
+    }
+    for i, hook in enumerate(a.webhooks):
+        sinks.append(WebhookAlertSink(hook.url, timeout_s=hook.timeout_s, name=f"webhook-{i}", **common))
+    for s in a.sinks:
+        kw: dict[str, Any] = {
+            **common,
+            "name": s.name,
+            "timeout_s": s.timeout_s,
+            "max_attempts": s.max_attempts,
+            "budget_s": s.budget_s,
+        }
+        if s.kind == "alertmanager" and s.url:
+            sinks.append(AlertmanagerSink(s.url, ttl_s=s.ttl_s, **kw))
+        elif s.kind == "slack" and s.url:
+            sinks.append(SlackAlertSink(s.url, **kw))
+        elif s.kind == "webhook" and s.url:
+            sinks.append(WebhookAlertSink(s.url, **kw))
+        elif s.kind == "pagerduty" and s.routing_key:
+            sinks.append(
+                PagerDutyAlertSink(s.routing_key, events_url=s.events_url, page_only=s.page_only, **kw)
+            )
+        elif s.kind == "sns" and s.topic_arn:
+            region = s.topic_arn.split(":")[3]
+            sns_aws = dataclasses.replace(aws, region=region)
+            kw.pop("max_attempts")
+            kw.pop("budget_s")
+            kw.pop("timeout_s")
+            sinks.append(
+                SnsAlertSink(make_client("sns", sns_aws), s.topic_arn, sns_aws, counter=counter, **kw)
+            )
+    return AlertRouter(sinks, outbox=outbox, inhibit_window_s=a.inhibit_window_s)
+
+
 def build(
     config: Config,
     *,
@@ -320,8 +395,7 @@ def build(
         sources=sources,
         rules=[*(r.name for r in policy.rules), EXIT_RULE],
         verdicts=[v.value for v in Verdict],
-        sinks=(["log"] if config.alerts.log else [])
-        + [f"webhook-{i}" for i in range(len(config.alerts.webhooks))],
+        sinks=alert_sink_names(config),
         jobs=[config.job.name],
     )
     journal = Journal(Path(config.journal.path))
@@ -333,18 +407,11 @@ def build(
     except BaseException:
         journal.close()
         raise
-    sinks: list[AlertSink] = []
-    if config.alerts.log:
-        sinks.append(LogAlertSink(on_delivery=metrics.alert))
-    for i, hook in enumerate(config.alerts.webhooks):
-        sinks.append(
-            WebhookAlertSink(
-                hook.url,
-                timeout_s=hook.timeout_s,
-                name=f"webhook-{i}",
-                on_delivery=metrics.alert,
-            )
-        )
+    try:
+        sinks: list[AlertSink] = [build_alert_router(config, aws, journal, metrics.alert, calls)]
+    except BaseException:
+        journal.close()
+        raise
     engine = Engine(
         job=config.job.name,
         policy=policy,
@@ -356,6 +423,7 @@ def build(
         sinks=sinks,
         metrics=metrics,
     )
+    engine.alert_context = alert_context(config)
     if config.sources.logs.enabled:
         logs_cfg = config.sources.logs
         engine.add_source(

@@ -9,11 +9,16 @@ turn, checking that each is classified and handled as expected:
 3. a code bug (a Python exception in user code)     -> halt and page
 
 The daemon is the production one (`daemon.build` from a config file), acting on what it reads
-back from CloudWatch Logs and Metrics over HTTP. Exit 0 only when every expectation held.
+back from CloudWatch Logs and Metrics over HTTP. When Prometheus Alertmanager is installed
+(Debian's ``prometheus-alertmanager``; ``make test`` installs it), the demo also starts one on
+127.0.0.1 and the daemon sends its alerts there: each incident must show up as one alert, grouped
+by incident, as an on-call engineer would see it. Exit 0 only when every expectation held.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -23,10 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from supervisor.config import Config, load_config
+from supervisor.config import AlertSinkConfig, Config, load_config
 from supervisor.daemon import Daemon, build
 from supervisor.engine import Handled, Snapshot
 from supervisor.journal import Journal
+from supervisor.local_alertmanager import EmbeddedAlertmanager, alertmanager_binary
 from supervisor.local_cloudwatch import EmbeddedCloudWatch
 from supervisor.logs import configure_logging
 from supervisor.report.timeline import build_timeline, render_text
@@ -130,12 +136,55 @@ def run_demo(out: TextIO = sys.stdout, workdir: Path | None = None) -> int:
     try:
         return _run(config, run_root, ckpt_every, say, out)
     finally:
+        configure_logging("json", "warning")  # off the file before closing it (late lines: stderr)
         daemon_log.close()
 
 
+def with_alertmanager(config: Config, url: str) -> Config:
+    """`config` with one more alert sink: the Alertmanager at `url`."""
+    sink = AlertSinkConfig(kind="alertmanager", name="alertmanager", url=url)
+    alerts = dataclasses.replace(config.alerts, sinks=(*config.alerts.sinks, sink))
+    return dataclasses.replace(config, alerts=alerts)
+
+
+def seen_in_alertmanager(
+    am: EmbeddedAlertmanager, journal_path: Path, job: str, incident_id: str, timeout_s: float = 20.0
+) -> str:
+    """How the incident's alert stands in Alertmanager: its state while it fires ("active",
+    "suppressed"), or "resolved" once the journal's outbox shows the firing and the resolve both
+    delivered to it (a restart incident resolves as soon as training steps again)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for alert in am.alerts(job):
+            if alert["labels"].get("incident") == incident_id:
+                return str(alert.get("status", {}).get("state", "unknown"))
+        journal = _reopen(journal_path)
+        try:
+            delivered = {
+                row.alert_id
+                for row in journal.outbox("alertmanager")
+                if row.delivered_at is not None and row.alert_id.startswith(incident_id + ":")
+            }
+        finally:
+            journal.close()
+        if {f"{incident_id}:firing", f"{incident_id}:resolved"} <= delivered:
+            return "resolved"
+        if time.monotonic() > deadline:
+            raise DemoFailed(f"incident {incident_id} did not reach Alertmanager within {timeout_s:.0f}s")
+        time.sleep(0.2)
+
+
 def _run(config: Config, run_root: Path, ckpt_every: int, say: Callable[[str], None], out: TextIO) -> int:
-    with EmbeddedCloudWatch(export_env=True) as cw:
+    with contextlib.ExitStack() as stack:
+        cw = stack.enter_context(EmbeddedCloudWatch(export_env=True))
         say(f"CloudWatch-compatible endpoint (moto server) at {cw.endpoint_url}")
+        am: EmbeddedAlertmanager | None = None
+        if alertmanager_binary() is not None:
+            am = stack.enter_context(EmbeddedAlertmanager(run_root / "alertmanager"))
+            config = with_alertmanager(config, am.url)
+            say(f"Prometheus Alertmanager at {am.url} (alerts grouped by incident)")
+        else:
+            say("Prometheus Alertmanager is not installed: alerts go to the daemon log only")
         daemon = build(config, endpoint_override=cw.endpoint_url, env=cw.env())
         say(f"run directory {run_root}; journal {config.journal.path}; daemon log {run_root / 'ftsup.log'}")
         if daemon.metrics_port:
@@ -159,6 +208,11 @@ def _run(config: Config, run_root: Path, ckpt_every: int, say: Callable[[str], N
                 handled = newest_decided(snap, seen)
                 assert handled is not None  # handled_more_than waited for it
                 failures += check_step(step, node, handled, say)
+                if am is not None:
+                    incident_id = handled.incident.incident_id
+                    state = seen_in_alertmanager(am, config.journal.path, config.job.name, incident_id)
+                    groups = len(am.groups(config.job.name))
+                    say(f"  Alertmanager: the incident's alert is {state}; {groups} firing group(s)")
                 if step.expect is Verdict.HALT:
                     break
                 snap = wait_for(daemon, f"training to resume after fault {i}", training_resumed, 240)

@@ -20,6 +20,7 @@ Seam rules (see README, "Architecture"):
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -32,7 +33,7 @@ import structlog
 
 from supervisor.act.base import Actuator
 from supervisor.alert.base import AlertSink
-from supervisor.alert.build import build_alert, resolve_alert
+from supervisor.alert.build import AlertContext, build_alert, resolve_alert
 from supervisor.classify.exits import exit_signal
 from supervisor.classify.matcher import LogClassifier
 from supervisor.classify.metric_rules import MetricWatch
@@ -42,7 +43,7 @@ from supervisor.config import ProgressPatterns
 from supervisor.decide.decide import JobState, Limits, decide
 from supervisor.incidents.correlate import Correlator
 from supervisor.journal import Journal
-from supervisor.report.metrics import SupervisorMetrics
+from supervisor.report.metrics import SupervisorMetrics, ettr_from_attempts
 from supervisor.sources.base import Source
 from supervisor.vocabulary import (
     Action,
@@ -64,6 +65,7 @@ log = structlog.get_logger("ftsup.engine")
 
 METRICS_SOURCE = "metrics"  # the name of the source whose health gates the metric rules
 UNIT_IDLE_S = 0.5  # a traceback unit closes this long (wall time) after its last line
+GAUGES_EVERY_S = 5.0  # how often tick() refreshes the restart budget and ETTR gauges (clock time)
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,9 @@ def limits_from(policy: PolicySet) -> Limits:
 class Engine:
     """Owns the state of one supervised job. See the module docstring for the flow."""
 
+    # Region, log group and instance ids the alerts link to (set by the daemon from the config).
+    alert_context: AlertContext | None = None
+
     def __init__(
         self,
         *,
@@ -160,6 +165,7 @@ class Engine:
         patterns = progress or ProgressPatterns()
         self._step_re = re2.compile(patterns.step) if patterns.step else None
         self._resume_re = re2.compile(patterns.resume) if patterns.resume else None
+        self._checkpoint_re = re2.compile(patterns.checkpoint) if patterns.checkpoint else None
         self._observe_hold_s = observe_hold_s
         self._tick_s = tick_s
         self._inbox: queue.Queue[SourceBatch | tuple[Action, ActionResult]] = queue.Queue(maxsize=1000)
@@ -169,6 +175,7 @@ class Engine:
         self._sources: list[tuple[Source, float]] = []
         self._held_cursors: dict[str, Cursor] = {}
         self._lock = threading.Lock()  # guards _state for snapshot() readers
+        self._gauges_at = -math.inf  # when the budget and ETTR gauges were last refreshed (clock time)
         observed = actuator.observe() if actuator is not None else None
         # Budgets count what happened before a daemon restart too: a crash loop must not reset them.
         restarts = tuple(
@@ -330,13 +337,15 @@ class Engine:
         # answered yet, or is down leaves absence and stall rules suspended (blindness is not health).
         metrics_up = self._state.source_up.get(METRICS_SOURCE, False)
         # A traceback whose last line came a moment ago is complete: Python writes it in one go.
-        self._accept(self.stream.flush(now, UNIT_IDLE_S), now)
+        closed = self.stream.flush(now, UNIT_IDLE_S)
+        self._accept([sig for sig in closed if self._current(sig.timestamp)], now)
         if not self._state.acting and not self._state.job.halted:
             self._accept(self.watch.evaluate(now, self._state.job.nodes, metrics_up), now)
             self._check_exits(now)
         for incident in self.correlator.ready(now):
             self._decide(incident, now)
         self._save_cursors_if_settled()
+        self._update_gauges(now)
 
     def _check_exits(self, now: float, every_s: float = 1.0) -> None:
         """Observe the job once a second: adopt a relaunch done outside ftsup (a scheduler's own
@@ -409,9 +418,24 @@ class Engine:
                 p.last_step, p.last_step_at = step, event.timestamp
             return
         m = self._resume_re.search(text) if self._resume_re is not None else None
-        if m is not None and p.resume_step is None:
-            p.resume_step = int(m.group("step"))
-            self.journal.update_attempt(self.job, self._state.job.attempt, resume_step=p.resume_step)
+        if m is not None:
+            if p.resume_step is None:
+                p.resume_step = int(m.group("step"))
+                self.journal.update_attempt(self.job, self._state.job.attempt, resume_step=p.resume_step)
+            return
+        ckpt_re = self._checkpoint_re
+        m = ckpt_re.search(text) if ckpt_re is not None else None
+        if ckpt_re is not None and m is not None:
+            # Goodput accounting measures work lost from the last committed checkpoint (idempotent
+            # per attempt and step, so a re-read overlap window records it once).
+            seconds = m.group("seconds") if "seconds" in ckpt_re.groupindex else None
+            self.journal.add_checkpoint(
+                self.job,
+                self._state.job.attempt,
+                int(m.group("step")),
+                event.timestamp,
+                float(seconds) if seconds else None,
+            )
 
     # ------------------------------------------------------------------ decide and act
 
@@ -457,9 +481,10 @@ class Engine:
             plan=plan,
         )
         if self.metrics is not None:
-            self.metrics.incident(decision.verdict.value)
+            self.metrics.incident(decision.verdict.value, root.failure_class)
             self.metrics.decision(decision.verdict.value, self.mode.value)
-            self.metrics.detection_latency(max(0.0, now - root.timestamp))
+            # From the incident's first line written (event time) to this decision.
+            self.metrics.detection_latency(max(0.0, now - incident.opened_at))
         with self._lock:
             self._state.handled[incident.incident_id] = Handled(incident, decision)
         if action is not None:
@@ -527,9 +552,10 @@ class Engine:
             self._state.progress = _Progress()
         self.journal.add_attempt(self.job, seen.attempt, seen.nodes, launched_at, cause)
         self.watch.reset(self.clock(), seen.nodes)
+        self.stream.reset()
         if self.metrics is not None:
             self.metrics.attempt(self.job, seen.attempt)
-            self.metrics.budget_left(self.job, self.restart_budget_left())
+        self._update_gauges(self.clock(), force=True)
 
     def _update_last_progress(self) -> None:
         p = self._state.progress
@@ -543,12 +569,30 @@ class Engine:
         used = sum(1 for t in self._state.job.restarts if now - t < self.limits.restart_within_s)
         return max(0, self.limits.restart_max - used)
 
+    def _update_gauges(self, now: float, *, force: bool = False) -> None:
+        """Refresh the restart-budget and ETTR gauges (restarts age out of the budget window, and
+        ETTR falls while the job is down), at most every GAUGES_EVERY_S unless `force`d."""
+        if self.metrics is None or (not force and now - self._gauges_at < GAUGES_EVERY_S):
+            return
+        self._gauges_at = now
+        self.metrics.budget_left(self.job, self.restart_budget_left())
+        self.metrics.ettr(self.job, ettr_from_attempts(self.journal.attempts(self.job), now))
+
     # ------------------------------------------------------------------ alerts, health, cursors
 
     def _alert(self, incident: Incident, decision: Decision, result: ActionResult | None, now: float) -> None:
+        """One alert per incident (its symptoms on other nodes folded in, see build_alert), sent once
+        the action finished (or at once when nothing is acted on). Sinks only queue: never blocks."""
         if decision.verdict is Verdict.IGNORE:
             return
-        alert = build_alert(incident, decision, result, budget_left=self.restart_budget_left(), now=now)
+        alert = build_alert(
+            incident,
+            decision,
+            result,
+            budget_left=self.restart_budget_left(),
+            now=now,
+            context=self.alert_context,
+        )
         if decision.verdict is not Verdict.HALT and (result is None or result.ok):
             self._state.open_alerts[incident.incident_id] = alert
         for sink in self.sinks:

@@ -9,9 +9,14 @@ What it holds (one file, WAL mode, ``synchronous=FULL``):
 - results        the ActionResult journaled *after*; an intent without one is pending and is reconciled at
                  start-up by observing the target before any retry
 - attempts       one row per launch of a job: nodes, resume step, first/last step seen, end
+- checkpoints    each checkpoint the trainer reported committed: attempt, step, time, save duration
 - cursors        where each source resumes (saved only after a batch's consequences are journaled)
 - event_counts   running totals of events seen per source
 - state          small key/value pairs (e.g. budget bookkeeping the engine wants to persist)
+- alert_outbox   every alert handed to a delivering sink, per (alert id, sink): its payload, attempts,
+                 last error and when it was delivered; a row with no `delivered_at` is retried later
+                 (also after a daemon restart), so an undeliverable alert is never dropped silently.
+                 Added in schema version 2 (a version-1 journal gains the table when opened).
 
 Threading contract: one ``Journal`` is owned by the engine thread, but the connection is opened with
 ``check_same_thread=False`` and every operation takes an internal lock, so a helper thread may read
@@ -48,7 +53,7 @@ from supervisor.vocabulary import (
     Verdict,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Columns that describe one Signal, shared by the `signals` and `incident_signals` tables so both
 # can be read back into the same dataclass.
@@ -178,6 +183,34 @@ CREATE TABLE IF NOT EXISTS state (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+
+CREATE TABLE IF NOT EXISTS alert_outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    alert_id TEXT NOT NULL,        -- <incident id>:<status>
+    sink TEXT NOT NULL,
+    payload TEXT NOT NULL,         -- the Alert as JSON (supervisor.alert.outbox.alert_to_json)
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    delivered_at REAL,
+    UNIQUE (alert_id, sink)
+);
+CREATE INDEX IF NOT EXISTS alert_outbox_pending ON alert_outbox (sink, delivered_at);
+"""
+
+# Checkpoints the trainer reported as committed (read by the engine from `checkpoint_saved` lines), for
+# goodput accounting (supervisor/report/goodput.py). A table of its own, created when missing on every
+# open like the tables above: a journal written before it existed gains it without a schema version
+# bump, and an older ftsup reading a newer journal simply ignores it.
+_SCHEMA += """
+CREATE TABLE IF NOT EXISTS checkpoints (
+    job TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    saved_at REAL NOT NULL,        -- event time of the trainer's line saying the checkpoint committed
+    seconds REAL,                  -- save duration the trainer reported, NULL when it did not say
+    PRIMARY KEY (job, attempt, step)
+);
 """
 
 
@@ -234,6 +267,20 @@ class ActionRow:
 
 
 @dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One alert handed to one sink. `delivered_at` None: not delivered yet (pending)."""
+
+    seq: int
+    alert_id: str
+    sink: str
+    payload: str
+    created_at: float
+    attempts: int
+    last_error: str | None
+    delivered_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
 class AttemptRow:
     """One launch of a job. Unknown values are None (unknown is never zero); an attempt first seen
     through `update_attempt` (a job adopted or only observed) has no nodes and no launch time."""
@@ -249,6 +296,18 @@ class AttemptRow:
     last_step_at: float | None
     ended_at: float | None
     end_reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRow:
+    """One checkpoint the trainer committed during `attempt`: the step it holds, the event time of the
+    line that reported the commit, and the save duration the trainer reported (None when unknown)."""
+
+    job: str
+    attempt: int
+    step: int
+    saved_at: float
+    seconds: float | None
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -410,7 +469,9 @@ class Journal:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         self._conn.execute(statement)
-                if found is None:
+                if found is None or found < SCHEMA_VERSION:
+                    # The DDL above is idempotent (IF NOT EXISTS): running it migrated an older journal
+                    # (version 1 -> 2 adds alert_outbox); record the version now understood.
                     self._conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
                 self._conn.execute("COMMIT")
             except BaseException:
@@ -833,6 +894,92 @@ class Journal:
         where, params = _where(("job", job))
         rows = self._read(f"SELECT * FROM attempts{where} ORDER BY job, attempt", params)
         return [_attempt_from(r) for r in rows]
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def add_checkpoint(
+        self, job: str, attempt: int, step: int, saved_at: float, seconds: float | None = None
+    ) -> None:
+        """Journals a checkpoint the trainer committed. Idempotent per (job, attempt, step): the first
+        record is kept, so re-reading an overlap window of the logs never duplicates or moves one."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO checkpoints (job, attempt, step, saved_at, seconds) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (job, attempt, step, float(saved_at), None if seconds is None else float(seconds)),
+            )
+
+    def checkpoints(self, job: str | None = None) -> list[CheckpointRow]:
+        """Checkpoints ordered by job, then commit time, then step."""
+        where, params = _where(("job", job))
+        rows = self._read(f"SELECT * FROM checkpoints{where} ORDER BY job, saved_at, step", params)
+        return [CheckpointRow(r["job"], r["attempt"], r["step"], r["saved_at"], r["seconds"]) for r in rows]
+
+    # ------------------------------------------------------------------ alert outbox
+
+    def outbox_add(self, alert_id: str, sink: str, payload: str, created_at: float) -> bool:
+        """Records an alert handed to `sink`, pending. Idempotent per (alert_id, sink): returns False
+        (and changes nothing) when that pair is already recorded, True when it was added."""
+        with self._write() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO alert_outbox (alert_id, sink, payload, created_at) "
+                "VALUES (?, ?, ?, ?)",
+                (alert_id, sink, payload, float(created_at)),
+            )
+            return cur.rowcount == 1
+
+    def outbox_result(self, alert_id: str, sink: str, *, at: float, error: str | None = None) -> None:
+        """One delivery try of a recorded alert finished: `attempts` + 1; delivered at `at` when
+        `error` is None, else `last_error` = error and the row stays pending."""
+        with self._write() as conn:
+            if error is None:
+                conn.execute(
+                    "UPDATE alert_outbox SET attempts = attempts + 1, delivered_at = ? "
+                    "WHERE alert_id = ? AND sink = ?",
+                    (float(at), alert_id, sink),
+                )
+            else:
+                conn.execute(
+                    "UPDATE alert_outbox SET attempts = attempts + 1, last_error = ? "
+                    "WHERE alert_id = ? AND sink = ?",
+                    (error, alert_id, sink),
+                )
+
+    def outbox_settle(self, alert_id: str, sink: str, *, at: float, note: str) -> None:
+        """Marks a pending row as needing no delivery any more (e.g. a firing alert superseded by its
+        resolution): `delivered_at` = at, `last_error` = note, attempts unchanged."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE alert_outbox SET delivered_at = ?, last_error = ? "
+                "WHERE alert_id = ? AND sink = ? AND delivered_at IS NULL",
+                (float(at), note, alert_id, sink),
+            )
+
+    def outbox_pending(self, sink: str | None = None) -> list[OutboxRow]:
+        """Rows not delivered yet (all sinks, or one), oldest first."""
+        where, params = _where(("sink", sink))
+        clause = f"{where} AND delivered_at IS NULL" if where else " WHERE delivered_at IS NULL"
+        rows = self._read(f"SELECT * FROM alert_outbox{clause} ORDER BY seq", params)
+        return [_outbox_from(r) for r in rows]
+
+    def outbox(self, sink: str | None = None, *, alert_id: str | None = None) -> list[OutboxRow]:
+        """Every recorded row (delivered or not), oldest first."""
+        where, params = _where(("sink", sink), ("alert_id", alert_id))
+        rows = self._read(f"SELECT * FROM alert_outbox{where} ORDER BY seq", params)
+        return [_outbox_from(r) for r in rows]
+
+
+def _outbox_from(row: sqlite3.Row) -> OutboxRow:
+    return OutboxRow(
+        seq=row["seq"],
+        alert_id=row["alert_id"],
+        sink=row["sink"],
+        payload=row["payload"],
+        created_at=row["created_at"],
+        attempts=row["attempts"],
+        last_error=row["last_error"],
+        delivered_at=row["delivered_at"],
+    )
 
 
 def _where(*conditions: tuple[str, object | None]) -> tuple[str, list[object]]:

@@ -82,6 +82,8 @@ def test_cordon_summary_labels_details_evidence() -> None:
     assert labels == {
         "job": "llama",
         "node": "node-1",
+        "incident": "inc-1",
+        "role": "cause",
         "rule": "gpu-fallen-off-bus",
         "signal": "gpu.xid.79",
         "class": "non_recoverable",
@@ -96,6 +98,11 @@ def test_cordon_summary_labels_details_evidence() -> None:
     assert details["action_result"] == "ok: relaunched (finished 2024-05-01T12:00:40.000Z)"
     assert details["budget_left"] == "2"
     assert details["runbook"] == ROOT.runbook
+    assert details["action"] == "cordoned node-1, restarted on node-2, node-9 (attempt 1)"
+    # One alert for the incident: the symptoms on the 7 other nodes are folded in, not sent apart.
+    assert details["also_seen"] == (
+        "also seen on 7 nodes: node-2, node-3, node-4, ... (nccl-watchdog-timeout x7)"
+    )
     assert len(alert.evidence) == MAX_EVIDENCE
     assert alert.evidence[0].startswith("2024-05-01T12:00:01.000Z node-1 [gpu-fallen-off-bus] NVRM: Xid")
     assert "node-2" in alert.evidence[1]  # the rest in time order

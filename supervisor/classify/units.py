@@ -237,6 +237,11 @@ class StreamClassifier:
     def open_units(self) -> int:
         return len(self._units)
 
+    def reset(self) -> None:
+        """Forget every open unit (the job relaunched: a half-read traceback belongs to the old attempt)."""
+        self._units.clear()
+        self._ignoring.clear()
+
     # ------------------------------------------------------------------------- internals
 
     def _classify(self, at: _At) -> Signal | None:

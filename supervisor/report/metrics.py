@@ -9,30 +9,46 @@ blindness is not health.
 Metric                                   labels          kind
 ftsup_events_total                       source          counter   events read per source
 ftsup_signals_total                      rule            counter   new (de-duplicated) signals per rule
-ftsup_incidents_total                    verdict         counter   incidents per decided verdict
+ftsup_incidents_total                    class, verdict  counter   incidents per root cause's failure
+                                                                   class and decided verdict
 ftsup_decisions_total                    verdict, mode   counter   decisions (observe or act)
 ftsup_actions_total                      kind, result    counter   actions carried out, result ok|failed
 ftsup_alerts_total                       sink, result    counter   alert deliveries, result ok|failed
 ftsup_source_up                          source          gauge     1 up, 0 down / not yet seen
 ftsup_source_lag_seconds                 source          gauge     now - newest data read (NaN unknown)
-ftsup_restart_budget_left                job             gauge     restarts left in the window (NaN unknown)
-ftsup_job_attempt                        job             gauge     current attempt number
+ftsup_restart_budget_left                training_job    gauge     restarts left in the window (NaN unknown)
+ftsup_ettr                               training_job    gauge     effective training time ratio (NaN unknown)
+ftsup_job_attempt                        training_job    gauge     current attempt number
 ftsup_degraded                           -               gauge     1 when any source is down
-ftsup_detection_latency_seconds          -               histogram first signal's event time -> decision
+ftsup_detection_latency_seconds          -               histogram first line of an incident written
+                                                                   (event time) -> its decision
+
+The supervised job's name is the label `training_job`, not `job`: Prometheus sets `job` on every
+scraped series to the scrape job's name (and would rename ours to `exported_job`).
+
+ETTR here is deliberately simple (`ettr_from_attempts`): the time training was seen stepping (per
+attempt, first step to last step read from the logs) divided by the wall time since the job's first
+launch. Work lost since the last checkpoint is not subtracted; a fuller goodput breakdown is in
+`ftsup report`.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from supervisor.vocabulary import Mode, Verdict
+from supervisor.vocabulary import FailureClass, Mode, Verdict
+
+if TYPE_CHECKING:
+    from supervisor.journal import AttemptRow
 
 RESULTS = ("ok", "failed")
+FAILURE_CLASSES = tuple(c.value for c in FailureClass)
 ACTION_KINDS = tuple(v.value for v in Verdict if v is not Verdict.IGNORE)
 # Detection latency spans seconds (a log line read on the next poll) to tens of minutes (a stall rule).
 LATENCY_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
@@ -42,7 +58,7 @@ def _names(values: Iterable[object]) -> tuple[str, ...]:
     """Label values as plain strings (enums by value), de-duplicated, order kept."""
     out: list[str] = []
     for v in values:
-        s = str(v.value) if isinstance(v, Verdict | Mode) else str(v)
+        s = str(v.value) if isinstance(v, Verdict | Mode | FailureClass) else str(v)
         if s not in out:
             out.append(s)
     return tuple(out)
@@ -79,7 +95,10 @@ class SupervisorMetrics:
             "ftsup_signals_total", "New (de-duplicated) signals, per rule.", ["rule"], registry=registry
         )
         self.incidents = Counter(
-            "ftsup_incidents_total", "Incidents, per decided verdict.", ["verdict"], registry=registry
+            "ftsup_incidents_total",
+            "Incidents, per root cause's failure class and decided verdict.",
+            ["class", "verdict"],
+            registry=registry,
         )
         self.decisions = Counter(
             "ftsup_decisions_total",
@@ -114,18 +133,28 @@ class SupervisorMetrics:
         self.restart_budget = Gauge(
             "ftsup_restart_budget_left",
             "Restarts left in the budget window (NaN: unknown).",
-            ["job"],
+            ["training_job"],
+            registry=registry,
+        )
+        self.ettr_gauge = Gauge(
+            "ftsup_ettr",
+            "Effective training time ratio: seconds training was seen stepping (per attempt, first to "
+            "last step read) / wall seconds since the job's first launch; 0..1, NaN: unknown.",
+            ["training_job"],
             registry=registry,
         )
         self.job_attempt = Gauge(
-            "ftsup_job_attempt", "The job's current attempt (launch) number.", ["job"], registry=registry
+            "ftsup_job_attempt",
+            "The job's current attempt (launch) number.",
+            ["training_job"],
+            registry=registry,
         )
         self.degraded = Gauge(
             "ftsup_degraded", "1 when any source is down: absence rules are suspended.", registry=registry
         )
         self.latency = Histogram(
             "ftsup_detection_latency_seconds",
-            "Seconds from an incident's first signal (event time) to its decision.",
+            "Seconds from an incident's first line written (event time of its first signal) to its decision.",
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
@@ -137,7 +166,8 @@ class SupervisorMetrics:
         for rule in _names(rules):
             self.signals.labels(rule=rule)
         for verdict in verdict_names:
-            self.incidents.labels(verdict=verdict)
+            for failure_class in FAILURE_CLASSES:
+                self.incidents.labels(**{"class": failure_class, "verdict": verdict})
             for mode in _names(modes):
                 self.decisions.labels(verdict=verdict, mode=mode)
         for kind in _names(action_kinds):
@@ -157,9 +187,10 @@ class SupervisorMetrics:
             self.alerts.labels(sink=sink, result=result)
 
     def add_job(self, job: str) -> None:
-        """Creates the job's gauges: budget unknown (NaN), attempt 0."""
-        self.restart_budget.labels(job=job).set(math.nan)
-        self.job_attempt.labels(job=job).set(0)
+        """Creates the job's gauges: budget and ETTR unknown (NaN), attempt 0."""
+        self.restart_budget.labels(training_job=job).set(math.nan)
+        self.ettr_gauge.labels(training_job=job).set(math.nan)
+        self.job_attempt.labels(training_job=job).set(0)
 
     def add_source(self, source: str) -> None:
         """Declares a source (down until it reports), as the constructor does."""
@@ -180,8 +211,10 @@ class SupervisorMetrics:
     def signal(self, rule: str, n: int = 1) -> None:
         self.signals.labels(rule=rule).inc(n)
 
-    def incident(self, verdict: str | Verdict) -> None:
-        self.incidents.labels(verdict=_names([verdict])[0]).inc()
+    def incident(self, verdict: str | Verdict, failure_class: str | FailureClass) -> None:
+        """Counts one decided incident: `failure_class` is its root cause's, `verdict` the decision's."""
+        labels = {"class": _names([failure_class])[0], "verdict": _names([verdict])[0]}
+        self.incidents.labels(**labels).inc()
 
     def decision(self, verdict: str | Verdict, mode: str | Mode) -> None:
         self.decisions.labels(verdict=_names([verdict])[0], mode=_names([mode])[0]).inc()
@@ -202,10 +235,14 @@ class SupervisorMetrics:
         self._update_degraded()
 
     def budget_left(self, job: str, n: int | None) -> None:
-        self.restart_budget.labels(job=job).set(math.nan if n is None else n)
+        self.restart_budget.labels(training_job=job).set(math.nan if n is None else n)
+
+    def ettr(self, job: str, ratio: float | None) -> None:
+        """Sets the job's ETTR (see `ettr_from_attempts`); None means unknown (NaN), never 0."""
+        self.ettr_gauge.labels(training_job=job).set(math.nan if ratio is None else ratio)
 
     def attempt(self, job: str, n: int) -> None:
-        self.job_attempt.labels(job=job).set(n)
+        self.job_attempt.labels(training_job=job).set(n)
 
     def detection_latency(self, seconds: float) -> None:
         # Clock skew between a node and the supervisor can make this slightly negative; clamp it
@@ -219,6 +256,30 @@ class SupervisorMetrics:
 
     def _update_degraded(self) -> None:
         self.degraded.set(1 if self.is_degraded else 0)
+
+
+def ettr_from_attempts(attempts: Sequence[AttemptRow], now: float) -> float | None:
+    """The simple ETTR of `ftsup_ettr`: productive seconds / wall seconds, in [0, 1].
+
+    productive: the sum over attempts of (last_step_at - first_step_at), the span training was seen
+    stepping (an attempt with no step read counts 0). wall: `now` minus the job's first launch (the
+    earliest `launched_at`, else the earliest `first_step_at` for a job only watched). None (unknown)
+    when no launch or step time is known, or no wall time has passed yet.
+    """
+    starts = [a.launched_at for a in attempts if a.launched_at is not None]
+    if not starts:
+        starts = [a.first_step_at for a in attempts if a.first_step_at is not None]
+    if not starts:
+        return None
+    wall = now - min(starts)
+    if wall <= 0:
+        return None
+    productive = sum(
+        max(0.0, a.last_step_at - a.first_step_at)
+        for a in attempts
+        if a.first_step_at is not None and a.last_step_at is not None
+    )
+    return min(1.0, max(0.0, productive / wall))
 
 
 def serve(

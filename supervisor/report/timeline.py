@@ -7,8 +7,16 @@ the attempt the incident's action launched:
 - the recovering attempt is the one journaled with ``cause_incident`` = this incident, else the attempt
   number in the action's result; an incident whose action launched nothing (ignored, observed, halted)
   has no recovery and no time lost
-- ``time_lost_s``  = recovered_at - opened_at (None while not recovered)
-- ``steps_lost``   = the failed attempt's last_step - the recovering attempt's resume_step (when both known)
+- ``time_lost_s``  = time to recover: recovered_at - opened_at (None while not recovered)
+- ``detection_s``  = the incident's first decision - its first line (opened_at; for a failure, goodput's
+  failure time, which skips lines of the attempt before)
+- ``restart_s``    = recovered_at - that first decision
+- for an incident that ended an attempt (a *failure*, as `supervisor.report.goodput` defines it):
+  ``checkpoint_step`` the checkpoint the work was kept at (the one the next attempt resumed from, else the
+  last one journaled before the failure), ``steps_lost`` = the failed attempt's last_step - checkpoint_step,
+  ``work_lost_s`` = time from that checkpoint to the failure and ``lost_basis`` how that time was known
+  (``checkpoint`` | ``resume-step`` | ``step-timing`` | ``unknown`` | ``no-steps``). Every one is None
+  when unknown, and for incidents that ended nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from supervisor.journal import ActionRow, AttemptRow, DecisionRow, Journal
+from supervisor.report.goodput import BASIS_NO_STEPS, BASIS_UNKNOWN, Failure, all_failures, load_history
 from supervisor.report.timefmt import iso_utc, iso_utc_or
 from supervisor.vocabulary import Mode, Verdict
 
@@ -58,8 +67,13 @@ class TimelineEntry:
     result_finished_at: float | None
     recovered_at: float | None
     time_lost_s: float | None
-    steps_lost: int | None
+    steps_lost: int | None  # steps since the last checkpoint, lost to this failure
     nodes_after: tuple[str, ...]
+    detection_s: float | None = None  # first signal's line -> first decision
+    restart_s: float | None = None  # first decision -> first step of the recovering attempt
+    checkpoint_step: int | None = None  # the checkpoint the work was kept at
+    work_lost_s: float | None = None  # checkpoint -> failure, the training time lost
+    lost_basis: str | None = None  # how work_lost_s was known (see the module docstring)
 
 
 def _recovering_attempt(
@@ -96,6 +110,13 @@ def build_timeline(journal: Journal, job: str | None = None) -> list[TimelineEnt
         if row.cause_incident is not None:
             by_cause.setdefault(row.job, {})[row.cause_incident] = row
 
+    first_decided: dict[str, float] = {}
+    for d in journal.decisions(job):
+        first_decided.setdefault(d.decision.incident_id, d.decision.decided_at)
+    failures: dict[str, Failure] = {}
+    for name in sorted({inc.job for inc in incidents}):
+        failures.update(all_failures(load_history(journal, name)))
+
     entries: list[TimelineEntry] = []
     for inc in sorted(incidents, key=lambda i: (i.opened_at, i.incident_id)):
         root = inc.root_cause
@@ -119,14 +140,17 @@ def build_timeline(journal: Journal, job: str | None = None) -> list[TimelineEnt
         recovering = _recovering_attempt(inc.incident_id, arow, job_attempts, by_cause.get(inc.job, {}))
         failed = job_attempts.get(inc.attempt)
         recovered_at = recovering.first_step_at if recovering is not None else None
-        steps_lost = None
+        failure = failures.get(inc.incident_id)
+        steps_lost = failure.steps_lost if failure is not None else None
         if (
-            recovering is not None
+            steps_lost is None
+            and recovering is not None
             and failed is not None
             and failed.last_step is not None
             and recovering.resume_step is not None
         ):
             steps_lost = failed.last_step - recovering.resume_step
+        decided_first = first_decided.get(inc.incident_id)
         if result is not None and result.nodes:
             nodes_after = result.nodes
         elif recovering is not None:
@@ -168,6 +192,21 @@ def build_timeline(journal: Journal, job: str | None = None) -> list[TimelineEnt
                 time_lost_s=(recovered_at - inc.opened_at) if recovered_at is not None else None,
                 steps_lost=steps_lost,
                 nodes_after=nodes_after,
+                detection_s=(
+                    decided_first - (failure.failed_at if failure is not None else inc.opened_at)
+                    if decided_first is not None
+                    else None
+                ),
+                restart_s=(
+                    recovered_at - decided_first
+                    if recovered_at is not None and decided_first is not None
+                    else None
+                ),
+                checkpoint_step=failure.checkpoint_step if failure is not None else None,
+                work_lost_s=(
+                    failure.lost_s if failure is not None and failure.lost_basis != BASIS_UNKNOWN else None
+                ),
+                lost_basis=failure.lost_basis if failure is not None else None,
             )
         )
     return entries
@@ -195,10 +234,21 @@ def _awaits_recovery(e: TimelineEntry) -> bool:
 
 def _recovery_line(e: TimelineEntry) -> str:
     if e.recovered_at is not None:
-        steps = f", steps lost {e.steps_lost}" if e.steps_lost is not None else ""
-        return f"{iso_utc(e.recovered_at)}, time lost {_seconds(e.time_lost_s)}{steps}"
+        restart = f" (restart {_seconds(e.restart_s)})" if e.restart_s is not None else ""
+        return f"{iso_utc(e.recovered_at)}, time to recover {_seconds(e.time_lost_s)}{restart}"
     # Unknown is not zero: a relaunch without a first step yet says so instead of "0 s lost".
     return "not yet" if _awaits_recovery(e) else "-"
+
+
+def _lost_line(e: TimelineEntry) -> str:
+    """Steps and training time lost since the last checkpoint, saying how the time was known."""
+    if e.lost_basis == BASIS_NO_STEPS:
+        return "nothing: no training step was journaled in this attempt"
+    steps = f"{e.steps_lost} step(s)" if e.steps_lost is not None else "steps unknown"
+    ckpt = f" since the checkpoint of step {e.checkpoint_step}" if e.checkpoint_step is not None else ""
+    if e.work_lost_s is not None:
+        return f"{steps}{ckpt}, {_seconds(e.work_lost_s)} of training ({e.lost_basis})"
+    return f"{steps}{ckpt}, training time unknown (no checkpoint information)"
 
 
 def render_text(entries: list[TimelineEntry]) -> str:
@@ -221,17 +271,23 @@ def render_text(entries: list[TimelineEntry]) -> str:
                 f"  decision   {e.verdict}{changed}, mode {e.mode}, at {iso_utc_or(e.decided_at)}"
                 + (f": {e.reason}" if e.reason else "")
             )
+        if e.detection_s is not None:
+            lines.append(f"  detected   in {_seconds(e.detection_s)} (first line -> decision)")
         lines.append(f"  action     {e.action or '-'}")
         lines.append(f"  result     {_result_line(e)}")
         lines.append(f"  recovered  {_recovery_line(e)}")
+        if e.steps_lost is not None or e.lost_basis is not None:
+            lines.append(f"  lost       {_lost_line(e)}")
         if e.nodes_after:
             lines.append(f"  nodes      {', '.join(e.nodes_after)}")
         lines.append("")
     lost = [e.time_lost_s for e in entries if e.time_lost_s is not None]
     steps_total = [e.steps_lost for e in entries if e.steps_lost is not None]
     awaiting = sum(1 for e in entries if _awaits_recovery(e))
+    work = [e.work_lost_s for e in entries if e.work_lost_s is not None]
     lines.append(
-        f"{len(entries)} incident(s), time lost {_seconds(sum(lost) if lost else None)}, "
+        f"{len(entries)} incident(s), time to recover {_seconds(sum(lost) if lost else None)}, "
+        f"work lost {_seconds(sum(work) if work else None)}, "
         f"steps lost {sum(steps_total) if steps_total else '-'}, awaiting recovery {awaiting}"
     )
     return "\n".join(lines) + "\n"

@@ -122,3 +122,15 @@ def test_iam_documents_grant_exactly_the_calls_the_code_makes() -> None:
         assert f"{call}(" in source
     for forbidden in ("put_log_events(", "put_metric_data(", "create_log_group("):
         assert forbidden not in source
+
+
+def test_the_alerts_iam_document_grants_only_publish_and_the_sns_sink_only_publishes() -> None:
+    root = Path(__file__).resolve().parents[2]
+    doc = json.loads((root / "deploy" / "iam" / "ftsup-alerts.json").read_text())
+    assert {a for st in doc["Statement"] for a in st["Action"]} == {"sns:Publish"}
+    resources = [st["Resource"] for st in doc["Statement"]]
+    assert all(r.startswith("arn:aws:sns:") and "*" not in r for r in resources)
+    source = "\n".join(p.read_text() for p in (root / "supervisor" / "alert").rglob("*.py"))
+    assert ".publish(" in source or '"publish"' in source
+    for other in (".create_topic(", ".subscribe(", ".set_topic_attributes("):
+        assert other not in source

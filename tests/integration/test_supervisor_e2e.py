@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import urllib.request
@@ -27,6 +28,7 @@ from supervisor.demo import (
 )
 from supervisor.engine import Handled
 from supervisor.journal import Journal
+from supervisor.local_alertmanager import alertmanager_binary
 from supervisor.vocabulary import Verdict
 from tests.integration.support import WebhookReceiver, write_config
 
@@ -68,6 +70,14 @@ def test_demo_scenario_restart_cordon_halt_and_the_journal_agrees(tmp_path: Path
         journal.close()
     verdicts = [decisions[i.incident_id].verdict for i in incidents]
     assert verdicts == [Verdict.RESTART, Verdict.CORDON_AND_RESTART, Verdict.HALT]
+    # The demo's incidents reached a real Alertmanager, one alert each (scripts/install-system-deps.sh
+    # installs it; without it the demo says so, and under FTSUP_NO_SKIPS CI must have it).
+    if alertmanager_binary() is not None or os.environ.get("FTSUP_NO_SKIPS") == "1":
+        assert text.count("Alertmanager: the incident's alert is ") == 3, text
+        with Journal(tmp_path / "ftsup.db") as journal:
+            delivered = {r.alert_id for r in journal.outbox("alertmanager") if r.delivered_at is not None}
+        ids = [i.incident_id for i in incidents]
+        assert {f"{ids[0]}:firing", f"{ids[0]}:resolved", f"{ids[1]}:firing", f"{ids[2]}:firing"} <= delivered
     assert [i.root_cause.rule for i in incidents] == [
         "gloo-timeout",
         "gpu-fallen-off-bus",
