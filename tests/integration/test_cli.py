@@ -134,3 +134,20 @@ def test_the_alerts_iam_document_grants_only_publish_and_the_sns_sink_only_publi
     assert ".publish(" in source or '"publish"' in source
     for other in (".create_topic(", ".subscribe(", ".set_topic_attributes("):
         assert other not in source
+
+
+def test_a_reader_that_goes_away_is_not_an_error(tmp_path: Path) -> None:
+    """`ftsup classify ... | head -1`: the closed pipe ends the command quietly, exit 0 (the output,
+    megabytes, cannot fit in the pipe's buffer, so the write after the close really fails)."""
+    windows = tmp_path / "windows.jsonl"
+    xid = "NVRM: Xid (PCI:0000:3b:00): 79, pid=1, GPU has fallen off the bus."
+    line = json.dumps({"id": "w", "lines": [xid]})
+    windows.write_text((line + "\n") * 20_000)
+    cmd = [sys.executable, "-m", "supervisor.cli", "classify", "--jsonl", str(windows)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert b"cordon_and_restart" in proc.stdout.readline()
+    proc.stdout.close()  # the reader goes away after one line
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0, err.decode()
+    assert b"Traceback" not in err
