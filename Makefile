@@ -32,9 +32,9 @@ lint: install
 	$(VENV)/bin/ruff check supervisor trainer tests bench
 	$(VENV)/bin/mypy
 
-# Benchmarks print measured figures (and ratios against a baseline run in the same process).
+# Benchmarks: every part under bench/ in its own process -> bench/results.json and bench/RESULTS.md.
 bench: install
-	$(PY) bench/classify.py --json
+	$(PY) bench/run_all.py
 
 # Debian's slurmctld, slurmd, slurm-client and munge for the `slurm` tests; a no-op when installed.
 system-deps:

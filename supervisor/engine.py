@@ -35,7 +35,7 @@ from supervisor.act.base import Actuator
 from supervisor.alert.base import AlertSink
 from supervisor.alert.build import AlertContext, build_alert, resolve_alert
 from supervisor.classify.exits import exit_signal
-from supervisor.classify.matcher import LogClassifier
+from supervisor.classify.matcher import LogClassifier, clean_text
 from supervisor.classify.metric_rules import MetricWatch
 from supervisor.classify.policy import PolicySet
 from supervisor.classify.units import StreamClassifier
@@ -62,6 +62,15 @@ from supervisor.vocabulary import (
 )
 
 log = structlog.get_logger("ftsup.engine")
+
+
+def _safe_event(event: LogEvent) -> LogEvent:
+    """The event with a node (stream) name that SQLite and RE2 accept: CloudWatch's JSON may decode
+    to a lone surrogate, which no UTF-8 encoder takes. The text is cleaned by the classifier."""
+    node = event.node
+    if node.isascii():
+        return event
+    return replace(event, node=node.encode("utf-8", "replace").decode("utf-8"))
 
 METRICS_SOURCE = "metrics"  # the name of the source whose health gates the metric rules
 UNIT_IDLE_S = 0.5  # a traceback unit closes this long (wall time) after its last line
@@ -314,7 +323,7 @@ class Engine:
             self.journal.count_events(batch.source, len(batch.logs) + len(batch.metrics))
         signals: list[Signal] = []
         step_before = self._state.progress.last_step
-        current = [e for e in batch.logs if self._current(e.timestamp)]
+        current = [_safe_event(e) for e in batch.logs if self._current(e.timestamp)]
         for event in current:
             self._read_progress(event)
         signals.extend(
@@ -406,6 +415,7 @@ class Engine:
         text = event.text
         if '"event"' not in text:  # cheap prefilter: most lines are not progress lines
             return
+        text = clean_text(text)  # RE2 takes valid UTF-8 only (a line may hold a lone surrogate)
         p = self._state.progress
         m = self._step_re.search(text) if self._step_re is not None else None
         if m is not None:

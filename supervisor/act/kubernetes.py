@@ -94,6 +94,9 @@ DEFAULT_TAINT = "ftsup.io/unhealthy"
 _INSTANCE_ID = re.compile(r"(?<![0-9a-z])i-[0-9a-f]{8}(?:[0-9a-f]{9})?(?![0-9a-z])")
 _LABEL_VALUE_BAD = re.compile(r"[^A-Za-z0-9._-]+")
 _TERMINAL = ("Succeeded", "Failed")
+# A node name ftsup puts into a field selector (`spec.nodeName=<node>`): a Kubernetes node name or a
+# stream name of one; nothing the selector syntax reads as an operator (`,` `=` `!` `\\`) or space.
+_SELECTOR_NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,252}")
 
 
 def _label_value(text: str) -> str:
@@ -736,6 +739,8 @@ class KubernetesActuator:
     def _cordon_and_clear(self, action: Action) -> tuple[bool, str]:
         node = action.node
         assert node is not None
+        if not _SELECTOR_NODE.fullmatch(node):
+            return False, f"refusing to cordon {node[:64]!r}: not a valid node name"
         on_node = self._pods(field_selector=f"spec.nodeName={node}")
         health = self.nodes.observe(node)
         if not on_node and not health.cordoned_by_ftsup:

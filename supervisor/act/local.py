@@ -272,6 +272,12 @@ class LocalActuator:
             return finish(False, "the job is halted; refusing to act until a human relaunches it")
         if action.kind is Verdict.IGNORE:
             return finish(True, "nothing to do")
+        cordon = action.kind is Verdict.CORDON_AND_RESTART
+        if cordon and (action.node is None or action.node not in self._nodes):
+            # Refused before anything is stopped: a refused cordon must not leave the job down.
+            return finish(False, f"cannot cordon {action.node!r}: not a member of the job")
+        if cordon and not self._spares:
+            return finish(False, f"cannot cordon {action.node}: no spare left")
         stopped = self._stop_all()
         if action.kind is Verdict.HALT:
             self._halted = True
@@ -280,10 +286,7 @@ class LocalActuator:
         detail = ""
         if action.kind is Verdict.CORDON_AND_RESTART:
             node = action.node
-            if node is None or node not in self._nodes:
-                return finish(False, f"cannot cordon {node!r}: not a member of the job")
-            if not self._spares:
-                return finish(False, f"cannot cordon {node}: no spare left")
+            assert node is not None  # checked above (and a spare), before anything was stopped
             spare = self._spares.pop(0)
             self._nodes[self._nodes.index(node)] = spare
             self._cordoned.append(node)

@@ -23,7 +23,7 @@ from supervisor.vocabulary import Incident, Role, Scope, Signal, Verdict
 def incident_id_for(job: str, attempt: int, first: Signal) -> str:
     """Deterministic id: re-reading the same lines after a crash gives the same incident id."""
     key = f"{job}|{attempt}|{first.rule}|{first.node}|{first.timestamp:.3f}|{first.event_id}"
-    return "inc-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+    return "inc-" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
 def opens_incident(signal: Signal) -> bool:
