@@ -360,6 +360,23 @@ class MetricsServerConfig:
     port: int | None = 9464
 
 
+HA_KINDS = ("none", "file", "dynamodb")
+DYNAMODB_TABLE_RE = re.compile(r"[A-Za-z0-9_.-]{3,255}")
+
+
+@dataclass(frozen=True, slots=True)
+class HaConfig:
+    """`ha:` several replicas, exactly one acts (supervisor/ha). `kind: none`: a single daemon.
+    `file`: replicas on one machine share `path` (the lease file, default next to the journal) and
+    the journal; `dynamodb`: one item per job in `table` (region and endpoint from `aws:`)."""
+
+    kind: str = "none"
+    lease_s: float = 15.0
+    renew_every_s: float = 5.0
+    table: str | None = None
+    path: Path | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class LoggingConfig:
     format: str = "auto"
@@ -381,6 +398,7 @@ class Config:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     metrics_server: MetricsServerConfig = field(default_factory=MetricsServerConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    ha: HaConfig = field(default_factory=HaConfig)
     source: Path | None = None
 
     def with_overrides(
@@ -1160,6 +1178,32 @@ class _Loader:
         level = ck.choice((*p, "level"), m["level"], LOG_LEVELS) if "level" in m else "info"
         return LoggingConfig(fmt or "auto", level or "info")
 
+    def ha(self, value: object) -> HaConfig:
+        ck = self.ck
+        p: DataPath = ("ha",)
+        m = _section(ck, p, value, ("kind", "lease_s", "renew_every_s", "table", "path"))
+        d = HaConfig()
+        kind = (ck.choice((*p, "kind"), m["kind"], HA_KINDS) or d.kind) if "kind" in m else d.kind
+        lease_s = self.num(m, p, "lease_s", d.lease_s, positive=True)
+        renew = self.num(m, p, "renew_every_s", d.renew_every_s, positive=True)
+        if "renew_every_s" in m and renew >= lease_s:
+            ck.problem((*p, "renew_every_s"), f"must be shorter than lease_s ({lease_s:g})")
+        elif "renew_every_s" not in m:
+            renew = min(renew, lease_s / 3)
+        table = None
+        if m.get("table") is not None:
+            table = ck.string(
+                (*p, "table"), m["table"], pattern=DYNAMODB_TABLE_RE, what="DynamoDB table name"
+            )
+        path = self.path((*p, "path"), m["path"]) if m.get("path") is not None else None
+        if kind == "dynamodb" and table is None and "table" not in m:
+            ck.problem(p, "kind dynamodb needs 'table' (the DynamoDB table holding the lease)")
+        if kind != "dynamodb" and "table" in m:
+            ck.problem((*p, "table"), f"only for kind dynamodb (kind is {kind})", key=True)
+        if kind != "file" and "path" in m:
+            ck.problem((*p, "path"), f"only for kind file (kind is {kind})", key=True)
+        return HaConfig(kind, lease_s, renew, table, path)
+
 
 TOP_KEYS = (
     "job",
@@ -1173,6 +1217,7 @@ TOP_KEYS = (
     "alerts",
     "metrics_server",
     "logging",
+    "ha",
 )
 
 
@@ -1210,6 +1255,7 @@ def load_config(path: str | Path) -> Config:
         alerts=loader.alerts(top.get("alerts")),
         metrics_server=loader.metrics_server(top.get("metrics_server")),
         logging=loader.logging(top.get("logging")),
+        ha=loader.ha(top.get("ha")),
         source=p.resolve(),
     )
     if config.actuator.kind == "none" and config.mode is Mode.ACT:

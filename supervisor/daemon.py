@@ -47,6 +47,7 @@ from supervisor.classify.policy import PolicySet, load_policies
 from supervisor.config import NODE_KINDS, Config
 from supervisor.engine import Engine
 from supervisor.errors import StartupError
+from supervisor.ha import FENCE_ATTR, DynamoDbLease, FileLease, Leadership, Lease, settle_pending
 from supervisor.journal import Journal
 from supervisor.report.metrics import SupervisorMetrics, bound_port, serve
 from supervisor.sources.aws import ApiCallCounter, AwsSettings, make_client
@@ -68,8 +69,33 @@ class Daemon:
     calls: ApiCallCounter
     metrics_port: int | None = None
     _servers: list[object] = field(default_factory=list)
+    # High availability (`ha:`): None for a single daemon. With a lease, start() must follow a
+    # successful wait_for_leadership(); `make_engine` builds the leader's engine at that moment.
+    leadership: Leadership | None = None
+    make_engine: Callable[[], Engine] | None = None
+
+    def wait_for_leadership(self, stop: threading.Event) -> bool:
+        """HA: block as a passive follower until this replica holds the lease (then keep renewing
+        it), or until `stop` is set (False). Without `ha:` it returns True at once."""
+        if self.leadership is None:
+            return True
+        if not self.leadership.wait(stop):
+            return False
+        self.leadership.start_renewing()
+        return True
 
     def start(self, *, launch: bool) -> None:
+        ha = self.leadership
+        if ha is not None:
+            if not ha.holds():
+                raise RuntimeError("HA: start() before this replica holds the lease")
+            # Settle what the previous leader left half done, by observing the target, then build
+            # the engine from the journal and the job as they are now, fenced by our token.
+            settle_pending(self.journal, self.actuator, self.config.job.name, ha)
+            if self.make_engine is not None:
+                self.engine = self.make_engine()
+            setattr(self.engine, FENCE_ATTR, ha)
+            launch = launch and not self.journal.attempts(self.config.job.name)  # else adopt the job
         if launch:
             result = self.engine.launch()
             log.info("job launched", detail=result.detail)
@@ -82,6 +108,8 @@ class Daemon:
 
     def shutdown(self, *, stop_job: bool) -> None:
         self.engine.stop()
+        if self.leadership is not None:
+            self.leadership.stop(release=True)
         if stop_job:
             self.actuator.stop()
         for server in self._servers:
@@ -407,59 +435,98 @@ def build(
     except BaseException:
         journal.close()
         raise
+    ha_on = config.ha.kind != "none"
+
+    def make_sinks() -> list[AlertSink]:
+        return [build_alert_router(config, aws, journal, metrics.alert, calls)]
+
     try:
-        sinks: list[AlertSink] = [build_alert_router(config, aws, journal, metrics.alert, calls)]
+        # HA: a passive follower delivers no alert (not even the outbox its leader left pending):
+        # the leader's engine gets its sinks when leadership is gained (Daemon.make_engine).
+        sinks: list[AlertSink] = [] if ha_on else make_sinks()
     except BaseException:
         journal.close()
         raise
-    engine = Engine(
-        job=config.job.name,
-        policy=policy,
-        journal=journal,
-        actuator=actuator,
-        mode=mode or Mode(config.mode),
-        settle_s=config.incidents.settle_s,
-        progress=config.job.progress,
-        sinks=sinks,
-        metrics=metrics,
-    )
-    engine.alert_context = alert_context(config)
-    if config.sources.logs.enabled:
-        logs_cfg = config.sources.logs
-        engine.add_source(
-            CloudWatchLogsSource(
-                make_client("logs", aws),
-                config.job.log_group,
-                aws,
-                overlap_s=logs_cfg.overlap_s,
-                max_pages_per_poll=logs_cfg.max_pages_per_poll,
-                counter=calls,
-            ),
-            logs_cfg.poll_interval_s,
+
+    def make_engine(sinks: list[AlertSink]) -> Engine:
+        """The engine with its sources, state read from the journal and the job as they are now."""
+        engine = Engine(
+            job=config.job.name,
+            policy=policy,
+            journal=journal,
+            actuator=actuator,
+            mode=mode or Mode(config.mode),
+            settle_s=config.incidents.settle_s,
+            progress=config.job.progress,
+            sinks=sinks,
+            metrics=metrics,
         )
-    if config.sources.metrics.enabled:
-        m = config.sources.metrics
-        engine.add_source(
-            CloudWatchMetricsSource(
-                make_client("cloudwatch", aws),
-                config.job.metrics_namespace,
-                config.job.name,
-                engine.current_nodes,
-                aws,
-                stats=dict(m.stats),
-                period_s=m.period_s,
-                lookback_s=m.lookback_s,
-                counter=calls,
-            ),
-            m.poll_interval_s,
-        )
+        engine.alert_context = alert_context(config)
+        add_sources(engine)
+        return engine
+
+    def add_sources(engine: Engine) -> None:
+        if config.sources.logs.enabled:
+            logs_cfg = config.sources.logs
+            engine.add_source(
+                CloudWatchLogsSource(
+                    make_client("logs", aws),
+                    config.job.log_group,
+                    aws,
+                    overlap_s=logs_cfg.overlap_s,
+                    max_pages_per_poll=logs_cfg.max_pages_per_poll,
+                    counter=calls,
+                ),
+                logs_cfg.poll_interval_s,
+            )
+        if config.sources.metrics.enabled:
+            m = config.sources.metrics
+            engine.add_source(
+                CloudWatchMetricsSource(
+                    make_client("cloudwatch", aws),
+                    config.job.metrics_namespace,
+                    config.job.name,
+                    engine.current_nodes,
+                    aws,
+                    stats=dict(m.stats),
+                    period_s=m.period_s,
+                    lookback_s=m.lookback_s,
+                    counter=calls,
+                ),
+                m.poll_interval_s,
+            )
+
+    engine = make_engine(sinks)
     daemon = Daemon(config, policy, engine, journal, actuator, registry, calls)
+    if ha_on:
+        try:
+            daemon.leadership = build_leadership(config, aws, calls)
+        except BaseException:
+            journal.close()
+            raise
+        daemon.make_engine = lambda: make_engine(make_sinks())
     server_cfg = config.metrics_server
     if server_cfg.port is not None:
         server, _thread = serve(registry, server_cfg.address, server_cfg.port)
         daemon._servers.append(server)
         daemon.metrics_port = bound_port(server)
     return daemon
+
+
+def build_lease(config: Config, aws: AwsSettings, counter: ApiCallCounter | None = None) -> Lease:
+    """The lease `ha:` describes: `file` (default path: `<journal>.lease` next to the journal) or
+    `dynamodb` (the item of this job in `ha.table`, region and endpoint from `aws:`)."""
+    ha = config.ha
+    if ha.kind == "file":
+        path = ha.path or Path(f"{Path(config.journal.path).resolve()}.lease")
+        return FileLease(path, lease_s=ha.lease_s)
+    if ha.kind == "dynamodb" and ha.table:
+        return DynamoDbLease(ha.table, config.job.name, aws, lease_s=ha.lease_s, counter=counter)
+    raise StartupError(f"ha.kind {ha.kind!r}: no lease to build")
+
+
+def build_leadership(config: Config, aws: AwsSettings, counter: ApiCallCounter | None = None) -> Leadership:
+    return Leadership(build_lease(config, aws, counter), renew_every_s=config.ha.renew_every_s)
 
 
 def run_forever(daemon: Daemon) -> int:
@@ -472,14 +539,24 @@ def run_forever(daemon: Daemon) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    ha = daemon.leadership
+    if not daemon.wait_for_leadership(stop):  # HA: a passive follower until it holds the lease
+        daemon.shutdown(stop_job=False)
+        return 0
     daemon.start(launch=True)  # the local job starts; an external job is adopted as it is
     code = 0
+    stop_job = ha is None  # HA: a leader that steps down leaves the job to its successor
     try:
         while not stop.wait(1.0):
+            if ha is not None and ha.lost.is_set():
+                log.error("leadership lost: this replica stops acting and exits")
+                code = 4
+                break
             snap = daemon.engine.snapshot()
             if snap.halted and not snap.acting:
                 log.warning("job halted; the daemon stays down until a human relaunches it")
                 code = 3
+                stop_job = True
                 break
             if not snap.acting:
                 seen = daemon.actuator.observe()
@@ -487,7 +564,8 @@ def run_forever(daemon: Daemon) -> int:
                 if finished:
                     log.info("job finished", attempt=seen.attempt)
                     time.sleep(2.0)  # let the last lines be read and journaled
+                    stop_job = True
                     break
     finally:
-        daemon.shutdown(stop_job=True)
+        daemon.shutdown(stop_job=stop_job)
     return code

@@ -40,7 +40,7 @@ from supervisor.classify.metric_rules import MetricWatch
 from supervisor.classify.policy import PolicySet
 from supervisor.classify.units import StreamClassifier
 from supervisor.config import ProgressPatterns
-from supervisor.decide.decide import JobState, Limits, decide
+from supervisor.decide.decide import JobState, Limits, decide, remember, returns_to_service
 from supervisor.incidents.correlate import Correlator
 from supervisor.journal import Journal
 from supervisor.report.metrics import SupervisorMetrics, ettr_from_attempts
@@ -133,6 +133,16 @@ def limits_from(policy: PolicySet) -> Limits:
         cordon_max_nodes=b.cordon.max_nodes,
         cordon_within_s=b.cordon.within_s,
         cordon_max_fraction=b.cordon.max_fraction,
+        restart_jitter=b.restart.jitter,
+        shared_cause_nodes=b.shared_cause.nodes,
+        shared_cause_within_s=b.shared_cause.within_s,
+        lemon_incidents=b.lemon.incidents,
+        lemon_within_s=b.lemon.within_s,
+        lemon_watch_s=b.lemon.watch_after_return_s,
+        lemon_watch_incidents=b.lemon.watch_incidents,
+        flap_min_interval_s=b.flapping.min_interval_s,
+        flap_max=b.flapping.max_flaps,
+        flap_within_s=b.flapping.within_s,
     )
 
 
@@ -190,10 +200,28 @@ class Engine:
         restarts = tuple(
             a.launched_at for a in journal.attempts(job) if a.cause_incident is not None and a.launched_at
         )
-        cordons = tuple(
-            row.result.finished_at
+        cordon_rows = [
+            row
             for row in journal.actions(job)
             if row.action.kind is Verdict.CORDON_AND_RESTART and row.result is not None and row.result.ok
+        ]
+        cordons = tuple(row.result.finished_at for row in cordon_rows if row.result is not None)
+        # The safety rails (lemon nodes, flapping, shared cause) need each decided incident and which
+        # cordoned nodes came back: rebuilt from the journal, so a daemon restart forgets nothing.
+        last_decision = {row.decision.incident_id: row.decision for row in journal.decisions(job)}
+        decided = [
+            remember(row.incident, last_decision[row.incident.incident_id])
+            for row in journal.incidents(job)
+            if row.incident.incident_id in last_decision
+        ]
+        history = tuple(sorted(decided, key=lambda e: e.at))
+        returned = returns_to_service(
+            (
+                (row.action.node, row.result.finished_at)
+                for row in cordon_rows
+                if row.action.node and row.result
+            ),
+            ((a.launched_at, a.nodes) for a in journal.attempts(job) if a.launched_at is not None),
         )
         self._state = _State(
             job=JobState(
@@ -204,6 +232,8 @@ class Engine:
                 cordoned=observed.cordoned if observed else (),
                 restarts=restarts,
                 cordons=cordons,
+                history=history,
+                returned=returned,
             )
         )
 
@@ -290,11 +320,23 @@ class Engine:
             if action is None:
                 return
             assert self.actuator is not None
+            # High availability (supervisor/ha): with a fence set, the lease must still be held with
+            # the same token right before apply; a deposed leader drops the action and journals
+            # nothing (the new leader settles the intent). The token goes into the result's detail.
+            fence = getattr(self, "fence", None)
+            token: int | None = None
+            if fence is not None:
+                token = fence.admit(action)
+                if token is None:
+                    log.error("action dropped: lease not held", key=action.idempotency_key)
+                    continue
             try:
                 result = self.actuator.apply(action)
             except Exception as exc:  # the actuator contract says it does not raise; be safe anyway
                 now = self.clock()
                 result = ActionResult(action.idempotency_key, False, f"actuator raised: {exc!r}", now, now)
+            if token is not None:
+                result = replace(result, detail=f"{result.detail} [lease token {token}]")
             self._inbox.put((action, result))
 
     def _engine_loop(self) -> None:
@@ -497,6 +539,8 @@ class Engine:
             self.metrics.detection_latency(max(0.0, now - incident.opened_at))
         with self._lock:
             self._state.handled[incident.incident_id] = Handled(incident, decision)
+            job = self._state.job
+            self._state.job = replace(job, history=(*job.history, remember(incident, decision)))
         if action is not None:
             self._state.acting = True
             self._actions.put(action)
@@ -549,6 +593,9 @@ class Engine:
     ) -> None:
         """Make the observed attempt the current one: membership, launch time, fresh progress."""
         old = self._state.job
+        # A node cordoned earlier that is a member again (uncordoned, reused) is watched more closely.
+        was_cordoned = set(old.cordoned) | {e.cordoned for e in old.history if e.cordoned}
+        back = tuple((n, launched_at) for n in seen.nodes if n not in old.nodes and n in was_cordoned)
         with self._lock:
             self._state.job = replace(
                 old,
@@ -557,6 +604,7 @@ class Engine:
                 spares=seen.spares,
                 cordoned=seen.cordoned,
                 restarts=(*old.restarts, restarted_at) if restarted_at is not None else old.restarts,
+                returned=(*old.returned, *back),
             )
             self._state.launched_at = seen.launched_at
             self._state.progress = _Progress()

@@ -139,8 +139,8 @@ def test_every_problem_is_reported_with_its_position(tmp_path: Path) -> None:
         "ftsup.yaml:12:24 metrics_server.port: must be <= 65535, got 70000",
         "ftsup.yaml:13:19 logging.format: invalid value 'xml' (expected one of: auto | json | console)",
         "ftsup.yaml:14:12 policies[0]: no such file or directory: nowhere",
-        "ftsup.yaml:15:1 extra: unknown key 'extra' (expected one of: actuator, alerts, aws, incidents, job, "
-        "journal, logging, metrics_server, mode, policies, sources)",
+        "ftsup.yaml:15:1 extra: unknown key 'extra' (expected one of: actuator, alerts, aws, ha, incidents, "
+        "job, journal, logging, metrics_server, mode, policies, sources)",
     ]
 
 

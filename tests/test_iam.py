@@ -5,7 +5,8 @@ An AST walk over supervisor/ finds every call on a boto3 client: receivers assig
 typed as a client, and the conventional client attributes (`client`, `asg`, `ec2`, `sagemaker`).
 Each method is mapped to its API operation with botocore's service models, then to the one
 document that must grant it: observe (logs and metrics reads), node replacement (ASG, EC2,
-SageMaker), alerts (SNS). No document may grant an action the code never calls.
+SageMaker), alerts (SNS), high availability (the DynamoDB lease table). No document may grant an
+action the code never calls.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ DOCUMENT_OF_SERVICE = {
     "ec2": "ftsup-node-replacement.json",
     "sagemaker": "ftsup-node-replacement.json",
     "sns": "ftsup-alerts.json",
+    "dynamodb": "ftsup-ha.json",
 }
 # Modules that only talk to a local emulator (moto) for demos and tests, never to an account.
 LOCAL_ONLY = {"local_cloudwatch.py", "demo.py"}

@@ -350,7 +350,7 @@ def test_budgets_defaults_partial_and_one_file_only(tmp_path: Path) -> None:
     assert problems([c], tmp_path) == [
         "c.yaml:2:39 budgets.restart.backoff_max: must be >= backoff (60s), got 30s",
         "c.yaml:2:44 budgets.restart.then: unknown key 'then' "
-        "(expected one of: backoff, backoff_max, max, within)",
+        "(expected one of: backoff, backoff_max, jitter, max, within)",
     ]
 
 
@@ -457,3 +457,45 @@ def test_loader_survives_arbitrary_text(tmp_path: Path, text: str) -> None:
     p.write_text(text, encoding="utf-8", errors="surrogatepass")
     with contextlib.suppress(ConfigError):
         load_policies([p])
+
+
+def test_safety_rail_budgets_parse_with_defaults_and_strict_errors(tmp_path: Path) -> None:
+    from supervisor.classify.policy import FlappingBudget, LemonBudget, SharedCauseBudget
+
+    a = write(
+        tmp_path,
+        "a.yaml",
+        "budgets:\n"
+        "  restart: {jitter: 0.5}\n"
+        "  shared_cause: {nodes: 4, within: 5m}\n"
+        "  lemon: {incidents: 5, within: 12h}\n"
+        "  flapping: {min_interval: 1m, max_flaps: 2, within: 30m}\n",
+    )
+    b = load_policies([a]).budgets
+    assert b.restart == RestartBudget(3, 3600, 10, 300, 0.5)
+    assert b.shared_cause == SharedCauseBudget(4, 300)
+    assert b.lemon == LemonBudget(5, 43200, 86400, 2)
+    assert b.flapping == FlappingBudget(60, 2, 1800)
+    shipped = load_policies([Path(__file__).resolve().parent.parent / "policies" / "budgets.yaml"]).budgets
+    assert shipped == Budgets()  # the shipped file states the defaults
+    bad = write(
+        tmp_path,
+        "bad.yaml",
+        "budgets:\n"
+        "  restart: {jitter: 1.5}\n"
+        "  shared_cause: {nodes: 1, within: 0}\n"
+        "  lemon: {incidents: 2, watch_incidents: 3, watch_after_return: soon}\n"
+        "  flapping: {max_flaps: 0, storm: yes}\n",
+    )
+    assert problems([bad], tmp_path) == [
+        "bad.yaml:2:21 budgets.restart.jitter: must be <= 1, got 1.5",
+        "bad.yaml:3:25 budgets.shared_cause.nodes: must be >= 2, got 1",
+        "bad.yaml:3:36 budgets.shared_cause.within: must be a positive duration, got 0",
+        "bad.yaml:4:42 budgets.lemon.watch_incidents: must be <= incidents (2): a returned node is watched "
+        "more closely",
+        "bad.yaml:4:65 budgets.lemon.watch_after_return: invalid duration 'soon' "
+        "(expected e.g. 30s, 5m, 1h30m)",
+        "bad.yaml:5:25 budgets.flapping.max_flaps: must be >= 1, got 0",
+        "bad.yaml:5:28 budgets.flapping.storm: unknown key 'storm' "
+        "(expected one of: max_flaps, min_interval, within)",
+    ]

@@ -59,6 +59,11 @@ class LocalJobSpec:
     stop_grace_s: float = 10.0
     env: Mapping[str, str] = field(default_factory=dict)  # extra environment for every node
     max_delay_s: float = 600.0  # upper bound on a backoff wait inside apply()
+    # Bench only (bench/latency.py): when non-empty, each node's agent runs this argv instead of
+    # `torchrun ... -m trainer.train` (a light stand-in workload, so that dozens of injected failures
+    # fit in minutes on 2 cores). Everything else (node agent, environment, stop, relaunch) is unchanged.
+    # Not a config key: production jobs always run the configured trainer.
+    workload: tuple[str, ...] = ()
 
 
 @dataclass
@@ -167,6 +172,8 @@ class LocalActuator:
         ]  # fmt: skip
         if spec.endpoint_url:
             agent += ["--endpoint-url", spec.endpoint_url]
+        if spec.workload:  # bench only, see LocalJobSpec.workload
+            return [*agent, "--", *spec.workload]
         torchrun = [
             spec.python, "-m", "torch.distributed.run",
             "--nnodes", str(len(self._nodes)),

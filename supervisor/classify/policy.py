@@ -11,7 +11,8 @@ A policy file is YAML with up to three top-level keys::
         action: cordon_and_restart
         severity: critical
         examples: {match: [...], no_match: [...]}
-    budgets: {restart: {...}, cordon: {...}}     # at most one file may define it
+    budgets: {restart: {...}, cordon: {...}, shared_cause: {...}, lemon: {...}, flapping: {...}}
+                                                 # at most one file may define it
     disable: [rule-name, ...]                    # removes rules loaded from earlier files
 
 `load_policies(paths)` loads the paths in order (a directory contributes its ``*.yaml`` / ``*.yml``
@@ -290,12 +291,14 @@ class Rule:
 @dataclass(frozen=True, slots=True)
 class RestartBudget:
     """At most `max` automatic restarts within `within_s`; relaunch delay doubles from `backoff_s`
-    up to `backoff_max_s`. Past the budget the decision escalates (to halt)."""
+    up to `backoff_max_s`, spread by +/- `jitter` (a fraction, seeded by the incident id so a
+    replay decides the same delay). Past the budget the decision escalates (to halt)."""
 
     max: int = 3
     within_s: float = 3600.0
     backoff_s: float = 10.0
     backoff_max_s: float = 300.0
+    jitter: float = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,9 +311,42 @@ class CordonBudget:
 
 
 @dataclass(frozen=True, slots=True)
+class SharedCauseBudget:
+    """`nodes` distinct nodes with node faults within `within_s` (across incidents) suggest a shared
+    cause (network, filesystem, a bad release): halt and page instead of cordoning them."""
+
+    nodes: int = 3
+    within_s: float = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class LemonBudget:
+    """A node implicated in `incidents` incidents within `within_s` is cordoned even when each one was
+    recoverable; for `watch_after_return_s` after it is returned to service, `watch_incidents` do."""
+
+    incidents: int = 3
+    within_s: float = 86400.0
+    watch_after_return_s: float = 86400.0
+    watch_incidents: int = 2
+
+
+@dataclass(frozen=True, slots=True)
+class FlappingBudget:
+    """Actions for the same (rule, node) are at least `min_interval_s` apart; after `max_flaps`
+    repeats within `within_s` the next one halts and pages."""
+
+    min_interval_s: float = 300.0
+    max_flaps: int = 3
+    within_s: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
 class Budgets:
     restart: RestartBudget = field(default_factory=RestartBudget)
     cordon: CordonBudget = field(default_factory=CordonBudget)
+    shared_cause: SharedCauseBudget = field(default_factory=SharedCauseBudget)
+    lemon: LemonBudget = field(default_factory=LemonBudget)
+    flapping: FlappingBudget = field(default_factory=FlappingBudget)
 
 
 @dataclass(frozen=True, slots=True)
@@ -526,55 +562,100 @@ def _parse_rule(ck: Checker, doc: Document, path: DataPath, entry: object) -> _R
     return _RawRule(name, doc, path, fields, override, ok=len(ck.problems) == before, present=present)
 
 
+BUDGET_KEYS = ("restart", "cordon", "shared_cause", "lemon", "flapping")
+
+
 def _parse_budgets(ck: Checker, path: DataPath, value: object) -> Budgets | None:
     before = len(ck.problems)
-    m = ck.mapping(path, value, allowed=("restart", "cordon"))
+    m = ck.mapping(path, value, allowed=BUDGET_KEYS)
     if m is None:
         return None
     restart = RestartBudget()
     cordon = CordonBudget()
-    if "restart" in m:
-        rp = (*path, "restart")
-        rm = ck.mapping(rp, m["restart"], allowed=("max", "within", "backoff", "backoff_max"))
-        if rm is not None:
-            mx = ck.integer((*rp, "max"), rm["max"], minimum=0) if "max" in rm else restart.max
-            within = (
-                ck.duration((*rp, "within"), rm["within"], positive=True)
-                if "within" in rm
-                else restart.within_s
+    shared = SharedCauseBudget()
+    lemon = LemonBudget()
+    flapping = FlappingBudget()
+
+    def section(key: str, allowed: tuple[str, ...]) -> tuple[DataPath, dict[str, Any]] | None:
+        if key not in m:
+            return None
+        sp = (*path, key)
+        sm = ck.mapping(sp, m[key], allowed=allowed)
+        return None if sm is None else (sp, sm)
+
+    def integer(sp: DataPath, sm: dict[str, Any], key: str, default: int, minimum: int) -> int | None:
+        return ck.integer((*sp, key), sm[key], minimum=minimum) if key in sm else default
+
+    def duration(
+        sp: DataPath, sm: dict[str, Any], key: str, default: float, *, positive: bool
+    ) -> float | None:
+        return ck.duration((*sp, key), sm[key], positive=positive) if key in sm else default
+
+    got = section("restart", ("max", "within", "backoff", "backoff_max", "jitter"))
+    if got is not None:
+        rp, rm = got
+        mx = integer(rp, rm, "max", restart.max, 0)
+        within = duration(rp, rm, "within", restart.within_s, positive=True)
+        backoff = duration(rp, rm, "backoff", restart.backoff_s, positive=False)
+        bmax = ck.duration((*rp, "backoff_max"), rm["backoff_max"]) if "backoff_max" in rm else None
+        if bmax is None and "backoff_max" not in rm:
+            bmax = max(restart.backoff_max_s, backoff or 0.0)
+        if bmax is not None and backoff is not None and bmax < backoff:
+            ck.problem((*rp, "backoff_max"), f"must be >= backoff ({backoff:g}s), got {bmax:g}s")
+        jitter = (
+            ck.number((*rp, "jitter"), rm["jitter"], minimum=0.0, maximum=1.0)
+            if "jitter" in rm
+            else restart.jitter
+        )
+        if None not in (mx, within, backoff, bmax, jitter):
+            assert mx is not None and within is not None and backoff is not None
+            assert bmax is not None and jitter is not None
+            restart = RestartBudget(mx, within, backoff, bmax, jitter)
+    got = section("cordon", ("max_nodes", "within", "max_fraction"))
+    if got is not None:
+        cp, cm = got
+        mn = integer(cp, cm, "max_nodes", cordon.max_nodes, 0)
+        within = duration(cp, cm, "within", cordon.within_s, positive=True)
+        frac = (
+            ck.number((*cp, "max_fraction"), cm["max_fraction"], positive=True, maximum=1.0)
+            if "max_fraction" in cm
+            else cordon.max_fraction
+        )
+        if mn is not None and within is not None and frac is not None:
+            cordon = CordonBudget(mn, within, frac)
+    got = section("shared_cause", ("nodes", "within"))
+    if got is not None:
+        sp, sm = got
+        nodes = integer(sp, sm, "nodes", shared.nodes, 2)
+        within = duration(sp, sm, "within", shared.within_s, positive=True)
+        if nodes is not None and within is not None:
+            shared = SharedCauseBudget(nodes, within)
+    got = section("lemon", ("incidents", "within", "watch_after_return", "watch_incidents"))
+    if got is not None:
+        lp, lm = got
+        incidents = integer(lp, lm, "incidents", lemon.incidents, 2)
+        within = duration(lp, lm, "within", lemon.within_s, positive=True)
+        watch = duration(lp, lm, "watch_after_return", lemon.watch_after_return_s, positive=False)
+        watch_n = integer(lp, lm, "watch_incidents", min(lemon.watch_incidents, incidents or 2), 1)
+        if watch_n is not None and incidents is not None and watch_n > incidents:
+            ck.problem(
+                (*lp, "watch_incidents"),
+                f"must be <= incidents ({incidents}): a returned node is watched more closely",
             )
-            backoff = ck.duration((*rp, "backoff"), rm["backoff"]) if "backoff" in rm else restart.backoff_s
-            bmax = ck.duration((*rp, "backoff_max"), rm["backoff_max"]) if "backoff_max" in rm else None
-            if bmax is None and "backoff_max" not in rm:
-                bmax = max(restart.backoff_max_s, backoff or 0.0)
-            if bmax is not None and backoff is not None and bmax < backoff:
-                ck.problem((*rp, "backoff_max"), f"must be >= backoff ({backoff:g}s), got {bmax:g}s")
-            if mx is not None and within is not None and backoff is not None and bmax is not None:
-                restart = RestartBudget(mx, within, backoff, bmax)
-    if "cordon" in m:
-        cp = (*path, "cordon")
-        cm = ck.mapping(cp, m["cordon"], allowed=("max_nodes", "within", "max_fraction"))
-        if cm is not None:
-            mn = (
-                ck.integer((*cp, "max_nodes"), cm["max_nodes"], minimum=0)
-                if "max_nodes" in cm
-                else cordon.max_nodes
-            )
-            within = (
-                ck.duration((*cp, "within"), cm["within"], positive=True)
-                if "within" in cm
-                else cordon.within_s
-            )
-            frac = (
-                ck.number((*cp, "max_fraction"), cm["max_fraction"], positive=True, maximum=1.0)
-                if "max_fraction" in cm
-                else cordon.max_fraction
-            )
-            if mn is not None and within is not None and frac is not None:
-                cordon = CordonBudget(mn, within, frac)
+        elif None not in (incidents, within, watch, watch_n):
+            assert incidents is not None and within is not None and watch is not None and watch_n is not None
+            lemon = LemonBudget(incidents, within, watch, watch_n)
+    got = section("flapping", ("min_interval", "max_flaps", "within"))
+    if got is not None:
+        fp, fm = got
+        interval = duration(fp, fm, "min_interval", flapping.min_interval_s, positive=False)
+        flaps = integer(fp, fm, "max_flaps", flapping.max_flaps, 1)
+        within = duration(fp, fm, "within", flapping.within_s, positive=True)
+        if interval is not None and flaps is not None and within is not None:
+            flapping = FlappingBudget(interval, flaps, within)
     if len(ck.problems) != before:
         return None
-    return Budgets(restart, cordon)
+    return Budgets(restart, cordon, shared, lemon, flapping)
 
 
 def _parse_file(doc: Document, index: int, problems: list[Problem]) -> _RawFile:

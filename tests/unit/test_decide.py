@@ -6,7 +6,14 @@ from supervisor.decide.decide import JobState, Limits, backoff_delay, cordon_all
 from supervisor.vocabulary import Verdict
 from tests.builders import T0, code_bug, incident, signal, xid79
 
-LIMITS = Limits(restart_max=3, restart_within_s=3600, backoff_s=10, backoff_max_s=60, cordon_max_nodes=2)
+LIMITS = Limits(
+    restart_max=3,
+    restart_within_s=3600,
+    backoff_s=10,
+    backoff_max_s=60,
+    restart_jitter=0.0,
+    cordon_max_nodes=2,
+)
 
 
 def state(**kw: object) -> JobState:
