@@ -169,15 +169,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from supervisor.journal import Journal
         from supervisor.report.timeline import build_timeline, render_json, render_text
 
-        job = args.job
-        if args.config is not None:
-            from supervisor.config import load_config
-
-            cfg = load_config(args.config)
-            path = Path(cfg.journal.path)
-            job = job or cfg.job.name
-        else:
-            path = args.journal
+        path, job = _journal_and_job(args)
         if not path.exists():
             print(f"{path}: no journal here", file=sys.stderr)
             return 2
@@ -242,20 +234,22 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _journal_and_job(args: argparse.Namespace) -> tuple[Path, str | None]:
+    """The journal and job a `-c CONFIG | --journal DB [--job NAME]` command reads (--job wins)."""
+    if args.config is None:
+        return Path(args.journal), args.job
+    from supervisor.config import load_config
+
+    cfg = load_config(args.config)
+    return Path(cfg.journal.path), args.job or cfg.job.name
+
+
 def _report(args: argparse.Namespace) -> int:
     """`ftsup report --html OUT`: 0 written, 2 bad input (no journal, bad time, unknown job)."""
     from supervisor.journal import Journal
     from supervisor.report.html import build_reports, parse_instant, render_html
 
-    job = args.job
-    if args.config is not None:
-        from supervisor.config import load_config
-
-        cfg = load_config(args.config)
-        path = Path(cfg.journal.path)
-        job = job or cfg.job.name
-    else:
-        path = args.journal
+    path, job = _journal_and_job(args)
     try:
         start = parse_instant(args.start) if args.start else None
         end = parse_instant(args.end) if args.end else None
