@@ -47,7 +47,7 @@ from supervisor.classify.policy import PolicySet, load_policies
 from supervisor.config import NODE_KINDS, Config
 from supervisor.engine import Engine
 from supervisor.errors import StartupError
-from supervisor.ha import FENCE_ATTR, DynamoDbLease, FileLease, Leadership, Lease, settle_pending
+from supervisor.ha import DynamoDbLease, FileLease, Leadership, Lease, settle_pending
 from supervisor.journal import Journal
 from supervisor.report.metrics import SupervisorMetrics, bound_port, serve
 from supervisor.sources.aws import ApiCallCounter, AwsSettings, make_client
@@ -94,7 +94,7 @@ class Daemon:
             settle_pending(self.journal, self.actuator, self.config.job.name, ha)
             if self.make_engine is not None:
                 self.engine = self.make_engine()
-            setattr(self.engine, FENCE_ATTR, ha)
+            self.engine.fence = ha
             launch = launch and not self.journal.attempts(self.config.job.name)  # else adopt the job
         if launch:
             result = self.engine.launch()

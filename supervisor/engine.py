@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import re2
 import structlog
@@ -62,6 +62,13 @@ from supervisor.vocabulary import (
 )
 
 log = structlog.get_logger("ftsup.engine")
+
+
+class ActionFence(Protocol):
+    """Admits an action right before it is applied: the fencing token it runs under, or None to drop
+    it (this replica no longer holds the lease). `supervisor.ha.Leadership` implements it."""
+
+    def admit(self, action: Action) -> int | None: ...
 
 
 def _safe_event(event: LogEvent) -> LogEvent:
@@ -151,6 +158,8 @@ class Engine:
 
     # Region, log group and instance ids the alerts link to (set by the daemon from the config).
     alert_context: AlertContext | None = None
+    # High availability: set by the daemon to its Leadership; None acts without a lease.
+    fence: ActionFence | None = None
 
     def __init__(
         self,
@@ -323,10 +332,9 @@ class Engine:
             # High availability (supervisor/ha): with a fence set, the lease must still be held with
             # the same token right before apply; a deposed leader drops the action and journals
             # nothing (the new leader settles the intent). The token goes into the result's detail.
-            fence = getattr(self, "fence", None)
             token: int | None = None
-            if fence is not None:
-                token = fence.admit(action)
+            if self.fence is not None:
+                token = self.fence.admit(action)
                 if token is None:
                     log.error("action dropped: lease not held", key=action.idempotency_key)
                     continue

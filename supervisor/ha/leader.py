@@ -26,7 +26,6 @@ from supervisor.vocabulary import Action, ActionResult, Verdict
 
 log = structlog.get_logger("ftsup.ha")
 
-FENCE_ATTR = "fence"  # the Engine attribute its action thread reads (engine._action_loop)
 
 
 def token_note(token: int) -> str:

@@ -88,7 +88,7 @@ def test_the_action_thread_applies_only_what_the_fence_admits(tmp_path: Path, to
         job="job", policy=load_policies([default_policy_dir()]), journal=Journal(tmp_path / "j.db"),
         actuator=actuator, mode=Mode.ACT,
     )  # fmt: skip
-    engine.fence = Fence(token)  # type: ignore[attr-defined]
+    engine.fence = Fence(token)
     action = Action(Verdict.RESTART, "job", "inc-1", "inc-1:restart")
     engine._actions.put(action)
     engine._actions.put(None)
