@@ -24,9 +24,10 @@ Measured per injected failure, all from the wall clock of this machine:
 * decision latency: journal `decisions.decided_at` - the line's write time;
 * action latency: journal `results.started_at` (the actuator's apply() began) - the line's write time;
 * breakdown: ship (write -> the agent's CloudWatch event timestamp), ingest (-> moto's ingestionTime:
-  watchtower batches every 1 s), poll (-> the engine received the batch holding the line: the poll
-  interval), settle+decide (-> decision; the settle window unless the root cause is a node hardware
-  fault, which is decided at once), act (decision -> action start).
+  watchtower batches every 1 s, but the node agent sends a line some policy rule may match at once),
+  poll (-> the engine received the batch holding the line: the poll interval), settle+decide
+  (-> decision; the settle window, counted from the line's write time, unless the root cause is a
+  node hardware fault, which is decided at once), act (decision -> action start).
 
 Sources, poll intervals and the settle window are the shipped defaults of the config (the daemon is
 built from a config that sets none of them). Budgets are the one change to the shipped policies: 50+
@@ -621,9 +622,11 @@ def summarize(
         "breakdown_s": breakdown,
         "breakdown_note": (
             "ship: write -> node agent's CloudWatch event timestamp (kmsg tail every 0.2 s / pipe); ingest: "
-            "-> moto ingestionTime (watchtower sends every 1 s); poll: -> engine received the batch (logs "
+            "-> moto ingestionTime (watchtower sends every 1 s; lines a policy rule may match at once); "
+            "poll: -> engine received the batch (logs "
             f"poll every {config.sources.logs.poll_interval_s:g} s); settle_and_decide: -> decision "
-            f"journaled (settle window {settle:g} s unless a node hardware cause); act: decision -> "
+            f"journaled (settle window {settle:g} s from the first line's write time unless a node hardware "
+            "cause); act: decision -> "
             "actuator apply() start"
         ),
         "targets": {

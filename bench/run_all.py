@@ -5,7 +5,8 @@ runner starts it with a timeout, takes that object, and writes
 * bench/results.json (atomically: results.json.tmp, then rename): one key per part (``classify``,
   ``goodput_sim``, ...), ``machine`` (cores, python, torch, platform), and ``runs`` (per part: the
   command, its exit status and seconds, or why it produced nothing);
-* bench/RESULTS.md: the same figures as markdown tables, with every part of the issue's output
+* bench/RESULTS.md: the same figures as markdown tables (the real goodput runs as ETTR and tokens
+  per strategy, with ratios to ftsup), with every part of the issue's output
   contract that no benchmark has produced listed as "not yet measured" (never invented).
 
 A part whose script does not exist yet is skipped and reported as not yet measured; adding
@@ -51,7 +52,8 @@ PARTS: tuple[Part, ...] = (
     # run as soon as their scripts exist.
     Part("latency", "latency.py", (), ("--quick",), 600, None),
     Part("scale", "scale.py", (), ("--quick",), 600, None),
-    Part("goodput_real", "goodput_real.py", (), ("--quick",), 900, None),
+    # Three real runs of 150 s each (ftsup, torchrun, none) plus start-up: ~8 min.
+    Part("goodput_real", "goodput_real.py", (), ("--quick",), 720, None),
     Part("classify", "classify.py", (), ("--lines", "20000", "--baseline-lines", "5000"), 300, "classify"),
     Part("simulate", "simulate.py", (), ("--replications", "3"), 120, None),
 )
@@ -172,7 +174,8 @@ def markdown(results: dict[str, Any]) -> str:
             f"{c['speedup']}x |",
             "",
         ]
-    for key in ("latency", "scale", "goodput_real"):
+    out += goodput_real_md(results)
+    for key in ("latency", "scale"):
         if key in results:
             out += [f"## {key}", "", "```json", json.dumps(results[key], indent=2), "```", ""]
     out += ["## Not yet measured", ""]
@@ -181,6 +184,58 @@ def markdown(results: dict[str, Any]) -> str:
     for name, rec in results["runs"].items():
         out.append(f"| {name} | {rec['status']} | {rec.get('seconds', '—')} | `{rec['command']}` |")
     return "\n".join(out) + "\n"
+
+
+def _g(x: Any) -> str:
+    return f"{x:g}" if isinstance(x, int | float) else "—"
+
+
+def _ratio(x: Any) -> str:
+    return f"{x:.3f}" if isinstance(x, int | float) else "—"
+
+
+def goodput_real_md(results: dict[str, Any]) -> list[str]:
+    """The real runs' table (bench/goodput_real.py): ETTR and tokens per strategy, as ratios to ftsup."""
+    real = results.get("goodput_real")
+    if not real:
+        return []
+    meta = results.get("goodput_real_meta", {})
+    sc = meta.get("scaled", {})
+    scale = meta.get("time_scale")
+    window = meta.get("window_s")
+    names = {
+        "ftsup": "ftsup",
+        "torchrun": "torchrun --max-restarts=3",
+        "none": "no supervisor",
+    }
+    out = [
+        "## Goodput: real runs (`bench/goodput_real.py`)",
+        "",
+        f"The same seeded fault schedule ({', '.join(f['kind'] for f in meta.get('schedule', []))}, at "
+        "the same points of each job's training) played "
+        f"for real against the FSDP trainer (2 nodes on this machine) for {_g(window)} s per strategy, "
+        f"time scaled by {'—' if not scale else f'1/{1 / scale:.0f}'}: collective timeout "
+        f"{_g(sc.get('collective_timeout_s'))} s, human reaction {_g(sc.get('human_s'))} s "
+        f"({_g(sc.get('human_node_s'))} s for a bad node), ftsup's budgets scaled alike, its hang floor "
+        f"{_g(sc.get('stall_floor_s'))} s. ETTR and tokens count the steps a committed checkpoint kept, "
+        "from the trainer's own step lines; an outage runs from the last step before a failure to the "
+        "first step after it. Every assumption is in `results.json` under "
+        "`goodput_real_meta.assumptions`. One run on a shared machine: not a distribution.",
+        "",
+        "| strategy | ETTR | tokens | ETTR / ftsup | tokens / ftsup | faults struck | faults not reached "
+        "| training processes | outages (s) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for key, r in real.items():
+        outages = ", ".join(f"{x:.1f}" for x in r.get("outages_s", []))
+        out.append(
+            f"| {names.get(key, key)} | {_pct(r.get('ettr'))} | {r.get('tokens', 0):,} | "
+            f"{_ratio(r.get('ettr_vs_ftsup'))} | {_ratio(r.get('tokens_vs_ftsup'))} | "
+            f"{r.get('faults_struck', '—')} | {r.get('faults_not_reached', '—')} | "
+            f"{r.get('processes', '—')} | {outages or '—'} |"
+        )
+    out.append("")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,13 +20,17 @@ Example (all values shown are the defaults unless marked)::
         step:   '"event": "step", "step": (?P<step>\\d+)'
         resume: '"event": "resume", "step": (?P<step>\\d+)'
     aws: {region: us-east-1, endpoint_url: null, connect_timeout_s: 3.0, read_timeout_s: 10.0,
-          max_attempts: 4, retry_budget_s: 20.0}
+          max_attempts: 4, retry_budget_s: 20.0,
+          max_calls_per_s: null,                  # e.g. 4: API calls/s of ALL sources together
+          max_calls_burst: null}                  #   (retries too); burst default: ceil(max_calls_per_s)
     sources:
-      logs:    {enabled: true, poll_interval_s: 2.0, overlap_s: 30.0, max_pages_per_poll: 50}
+      logs:    {enabled: true, poll_interval_s: 1.0, overlap_s: 30.0, max_pages_per_poll: 50,
+                tail_overlap_s: 5.0, sweep_interval_s: 15.0,    # see sources.cloudwatch_logs
+                filter_pattern: auto}             # auto (from the policies) | none | '<pattern>'
       metrics: {enabled: true, poll_interval_s: 5.0, period_s: 1, lookback_s: 60.0, stats: {...}}
     policies: [policies]                          # default: the shipped policies/ directory
     mode: observe                                 # observe | act
-    incidents: {settle_s: 5.0}
+    incidents: {settle_s: 1.5}                # counted from when the first failing line was written
     actuator:
       kind: local                                 # slurm | kubernetes | aws-asg | hyperpod | local | none
       job: null                                   # aws-asg, hyperpod (required): slurm | kubernetes |
@@ -181,14 +185,25 @@ class AwsConfig:
     read_timeout_s: float = 10.0
     max_attempts: int = 4
     retry_budget_s: float = 20.0
+    # One token bucket shared by the sources' AWS calls (FilterLogEvents, GetMetricData), retries
+    # included; None = no budget. A call waits for a token at most its retry budget, then fails as
+    # throttled (supervisor.sources.aws.RateBudget). Actions, alerts and the lease never wait on it.
+    max_calls_per_s: float | None = None
+    max_calls_burst: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class LogsSourceConfig:
+    """`filter_pattern`: "auto" (derived from the policies, supervisor.classify.prefilter), "none"
+    (no server-side filter), or a literal CloudWatch filter pattern sent as is."""
+
     enabled: bool = True
-    poll_interval_s: float = 2.0
+    poll_interval_s: float = 1.0
     overlap_s: float = 30.0
     max_pages_per_poll: int = 50
+    tail_overlap_s: float = 5.0
+    sweep_interval_s: float = 15.0
+    filter_pattern: str = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,9 +223,13 @@ class SourcesConfig:
     metrics: MetricsSourceConfig = field(default_factory=MetricsSourceConfig)
 
 
+DEFAULT_SETTLE_S = 1.5
+"""Seconds after the first failing line was written that an incident waits for related lines."""
+
+
 @dataclass(frozen=True, slots=True)
 class IncidentsConfig:
-    settle_s: float = 5.0
+    settle_s: float = DEFAULT_SETTLE_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,13 +387,16 @@ DYNAMODB_TABLE_RE = re.compile(r"[A-Za-z0-9_.-]{3,255}")
 class HaConfig:
     """`ha:` several replicas, exactly one acts (supervisor/ha). `kind: none`: a single daemon.
     `file`: replicas on one machine share `path` (the lease file, default next to the journal) and
-    the journal; `dynamodb`: one item per job in `table` (region and endpoint from `aws:`)."""
+    the journal; `dynamodb`: one item per job in `table` (region and endpoint from `aws:`), and the
+    shared action ledger in `ledger_table` (default `<table>-actions`; partition key `job`, sort key
+    `idempotency_key`), since each replica then has its own journal."""
 
     kind: str = "none"
     lease_s: float = 15.0
     renew_every_s: float = 5.0
     table: str | None = None
     path: Path | None = None
+    ledger_table: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -589,6 +611,8 @@ class _Loader:
             "read_timeout_s",
             "max_attempts",
             "retry_budget_s",
+            "max_calls_per_s",
+            "max_calls_burst",
         )
         m = _section(ck, p, value, keys)
         region = d.region
@@ -597,14 +621,53 @@ class _Loader:
         endpoint = None
         if m.get("endpoint_url") is not None:
             endpoint = _url(ck, (*p, "endpoint_url"), m["endpoint_url"])
+        retry_budget_s = self.num(m, p, "retry_budget_s", d.retry_budget_s, positive=True)
         return AwsConfig(
             region=region,
             endpoint_url=endpoint,
             connect_timeout_s=self.num(m, p, "connect_timeout_s", d.connect_timeout_s, positive=True),
             read_timeout_s=self.num(m, p, "read_timeout_s", d.read_timeout_s, positive=True),
             max_attempts=self.int_(m, p, "max_attempts", d.max_attempts, minimum=1, maximum=100),
-            retry_budget_s=self.num(m, p, "retry_budget_s", d.retry_budget_s, positive=True),
+            retry_budget_s=retry_budget_s,
+            **self._call_budget(m, p, retry_budget_s),
         )
+
+    def _call_budget(self, m: dict[str, Any], p: DataPath, retry_budget_s: float) -> dict[str, Any]:
+        """aws.max_calls_per_s (null: no budget) and aws.max_calls_burst (needs a rate)."""
+        ck = self.ck
+        rate = None
+        if m.get("max_calls_per_s") is not None:
+            rate = ck.number((*p, "max_calls_per_s"), m["max_calls_per_s"], positive=True, maximum=10_000)
+            if rate is not None and rate * retry_budget_s < 1.0:
+                # A call waits for a token at most its retry budget: a slower refill would refuse
+                # every call once the burst is spent.
+                ck.problem(
+                    (*p, "max_calls_per_s"),
+                    f"must allow one call within aws.retry_budget_s ({retry_budget_s:g} s): "
+                    f"at least {1.0 / retry_budget_s:.3g}, got {rate:g}",
+                )
+                rate = None
+        burst = None
+        if m.get("max_calls_burst") is not None:
+            burst = ck.integer((*p, "max_calls_burst"), m["max_calls_burst"], minimum=1, maximum=100_000)
+            if burst is not None and m.get("max_calls_per_s") is None:
+                ck.problem((*p, "max_calls_burst"), "needs aws.max_calls_per_s (the budget it bursts above)")
+        return {"max_calls_per_s": rate, "max_calls_burst": burst}
+
+    def _filter_pattern(self, m: dict[str, Any], p: DataPath, default: str) -> str:
+        """sources.logs.filter_pattern: auto | none | a literal CloudWatch filter pattern."""
+        if "filter_pattern" not in m:
+            return default
+        path = (*p, "filter_pattern")
+        s = self.ck.string(path, m["filter_pattern"])
+        if s is None:
+            return default
+        if len(s) > 1024 or "\n" in s:
+            self.ck.problem(
+                path, f"a CloudWatch filter pattern is one line of at most 1024 characters (got {len(s)})"
+            )
+            return default
+        return s
 
     def sources(self, value: object) -> SourcesConfig:
         ck = self.ck
@@ -612,14 +675,32 @@ class _Loader:
         m = _section(ck, p, value, ("logs", "metrics"))
         lp = (*p, "logs")
         lm = _section(
-            ck, lp, m.get("logs"), ("enabled", "poll_interval_s", "overlap_s", "max_pages_per_poll")
+            ck,
+            lp,
+            m.get("logs"),
+            (
+                "enabled",
+                "poll_interval_s",
+                "overlap_s",
+                "max_pages_per_poll",
+                "tail_overlap_s",
+                "sweep_interval_s",
+                "filter_pattern",
+            ),
         )
         ld = LogsSourceConfig()
+        overlap = self.num(lm, lp, "overlap_s", ld.overlap_s, minimum=0)
+        tail = self.num(lm, lp, "tail_overlap_s", min(ld.tail_overlap_s, overlap), minimum=0)
+        if tail > overlap:
+            ck.problem((*lp, "tail_overlap_s"), f"must be <= overlap_s ({overlap:g}), got {tail:g}")
         logs = LogsSourceConfig(
             enabled=self.bool_(lm, lp, "enabled", ld.enabled),
             poll_interval_s=self.num(lm, lp, "poll_interval_s", ld.poll_interval_s, positive=True),
-            overlap_s=self.num(lm, lp, "overlap_s", ld.overlap_s, minimum=0),
+            overlap_s=overlap,
             max_pages_per_poll=self.int_(lm, lp, "max_pages_per_poll", ld.max_pages_per_poll, minimum=1),
+            tail_overlap_s=min(tail, overlap),
+            sweep_interval_s=self.num(lm, lp, "sweep_interval_s", ld.sweep_interval_s, positive=True),
+            filter_pattern=self._filter_pattern(lm, lp, ld.filter_pattern),
         )
         mp = (*p, "metrics")
         mm = _section(
@@ -1181,7 +1262,7 @@ class _Loader:
     def ha(self, value: object) -> HaConfig:
         ck = self.ck
         p: DataPath = ("ha",)
-        m = _section(ck, p, value, ("kind", "lease_s", "renew_every_s", "table", "path"))
+        m = _section(ck, p, value, ("kind", "lease_s", "renew_every_s", "table", "path", "ledger_table"))
         d = HaConfig()
         kind = (ck.choice((*p, "kind"), m["kind"], HA_KINDS) or d.kind) if "kind" in m else d.kind
         lease_s = self.num(m, p, "lease_s", d.lease_s, positive=True)
@@ -1202,7 +1283,20 @@ class _Loader:
             ck.problem((*p, "table"), f"only for kind dynamodb (kind is {kind})", key=True)
         if kind != "file" and "path" in m:
             ck.problem((*p, "path"), f"only for kind file (kind is {kind})", key=True)
-        return HaConfig(kind, lease_s, renew, table, path)
+        ledger = None
+        if kind != "dynamodb" and "ledger_table" in m:
+            ck.problem((*p, "ledger_table"), f"only for kind dynamodb (kind is {kind})", key=True)
+        elif m.get("ledger_table") is not None:
+            ledger = ck.string(
+                (*p, "ledger_table"), m["ledger_table"], pattern=DYNAMODB_TABLE_RE, what="DynamoDB table name"
+            )
+            if ledger is not None and ledger == table:
+                ck.problem((*p, "ledger_table"), "must differ from table (the ledger has a sort key)")
+        elif kind == "dynamodb" and table is not None:
+            ledger = f"{table}-actions"
+            if not DYNAMODB_TABLE_RE.fullmatch(ledger):
+                ck.problem((*p, "table"), "too long to derive ledger_table from it: set ledger_table")
+        return HaConfig(kind, lease_s, renew, table, path, ledger)
 
 
 TOP_KEYS = (
@@ -1249,7 +1343,7 @@ def load_config(path: str | Path) -> Config:
         sources=loader.sources(top.get("sources")),
         policies=loader.policies(top.get("policies")),
         mode=mode,
-        incidents=IncidentsConfig(loader.num(inc, ("incidents",), "settle_s", 5.0, minimum=0)),
+        incidents=IncidentsConfig(loader.num(inc, ("incidents",), "settle_s", DEFAULT_SETTLE_S, minimum=0)),
         actuator=loader.actuator(top.get("actuator"), job.name),
         journal=JournalConfig(journal_path),
         alerts=loader.alerts(top.get("alerts")),

@@ -7,6 +7,7 @@ through `build()`, so the demo exercises exactly the production code path.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import signal
 import sys
@@ -47,10 +48,20 @@ from supervisor.classify.policy import PolicySet, load_policies
 from supervisor.config import NODE_KINDS, Config
 from supervisor.engine import Engine
 from supervisor.errors import StartupError
-from supervisor.ha import DynamoDbLease, FileLease, Leadership, Lease, settle_pending
+from supervisor.ha import (
+    DynamoDbLease,
+    DynamoDbLedger,
+    FileLease,
+    Leadership,
+    Lease,
+    LedgerError,
+    incident_attempt,
+    settle_takeover,
+)
+from supervisor.ha.ledger import LAUNCH_KEY
 from supervisor.journal import Journal
 from supervisor.report.metrics import SupervisorMetrics, bound_port, serve
-from supervisor.sources.aws import ApiCallCounter, AwsSettings, make_client
+from supervisor.sources.aws import ApiCallCounter, AwsSettings, BudgetObserver, RateBudget, make_client
 from supervisor.sources.cloudwatch_logs import CloudWatchLogsSource
 from supervisor.sources.cloudwatch_metrics import CloudWatchMetricsSource
 from supervisor.vocabulary import Action, FailureClass, Mode, Role, Severity, Signal, Verdict
@@ -89,16 +100,32 @@ class Daemon:
         if ha is not None:
             if not ha.holds():
                 raise RuntimeError("HA: start() before this replica holds the lease")
-            # Settle what the previous leader left half done, by observing the target, then build
-            # the engine from the journal and the job as they are now, fenced by our token.
-            settle_pending(self.journal, self.actuator, self.config.job.name, ha)
+            # Settle what the previous leader left half done (its journal's or the shared ledger's
+            # intents), by observing the target, then build the engine from the journal and the job
+            # as they are now, fenced by our token.
+            settle_takeover(self.journal, self.actuator, self.config.job.name, ha)
             if self.make_engine is not None:
                 self.engine = self.make_engine()
             self.engine.fence = ha
-            launch = launch and not self.journal.attempts(self.config.job.name)  # else adopt the job
+            if ha.ledger is None:
+                launch = launch and not self.journal.attempts(self.config.job.name)  # else adopt the job
+            elif ha.lost.is_set():
+                launch = False  # stepping down while taking over: the run loop sees `lost` and exits
+            else:  # separate journals: the ledger says whether the job was launched, once for all
+                try:
+                    launch = launch and ha.admit_launch(self.config.job.name)
+                except LedgerError as exc:
+                    raise StartupError(f"HA: {exc}") from exc
+                if not launch:
+                    self.engine.follow(self.actuator.observe())
+        # What a killed daemon left half done is settled (by observing the target) before the job is
+        # launched or adopted: a relaunch it did is journaled as its incident's, and never repeated.
+        self.engine.reconcile()
         if launch:
             result = self.engine.launch()
             log.info("job launched", detail=result.detail)
+            if ha is not None:
+                ha.record_key(LAUNCH_KEY, result)
         self.engine.start()
 
     def clear_halt(self) -> None:
@@ -119,6 +146,38 @@ class Daemon:
         self.journal.close()
 
 
+def logs_filter_pattern(config: Config, policy: PolicySet) -> tuple[str | None, str | None]:
+    """`sources.logs.filter_pattern` resolved: (the FilterLogEvents filterPattern or None, the
+    metric the engine reads training progress from, or None when step lines still arrive).
+
+    ``auto`` derives the pattern from the policies (supervisor.classify.prefilter); per-step lines
+    are then left out when the metrics source reads the ``step`` metric, which carries the same
+    progress. The outcome is logged once, pattern included (``logs.filter_pattern``)."""
+    setting = config.sources.logs.filter_pattern
+    if setting == "none" or not config.sources.logs.enabled:
+        log.info("logs.filter_pattern", mode="none", pattern=None)
+        return None, None
+    if setting != "auto":
+        log.info("logs.filter_pattern", mode="literal", pattern=setting)
+        return setting, None
+    from supervisor.classify.prefilter import derive_filter_pattern
+
+    m = config.sources.metrics
+    step_metric = m.enabled and "step" in m.stats
+    d = derive_filter_pattern(policy, config.job.progress, include_step=not step_metric)
+    log.info(
+        "logs.filter_pattern",
+        mode="auto",
+        pattern=d.pattern,
+        literals=len(d.literals),
+        step_lines=d.includes_step,
+        unkeyable=[f"{n}: {w}" for n, w in d.unkeyable],
+    )
+    if d.pattern is None:
+        return None, None
+    return d.pattern, (None if d.includes_step else "step")
+
+
 def aws_settings(config: Config, endpoint_override: str | None = None) -> AwsSettings:
     a = config.aws
     return AwsSettings(
@@ -129,6 +188,20 @@ def aws_settings(config: Config, endpoint_override: str | None = None) -> AwsSet
         max_attempts=a.max_attempts,
         retry_budget_s=a.retry_budget_s,
     )
+
+
+SOURCE_OPS = frozenset({"FilterLogEvents", "GetMetricData"})
+"""The AWS operations the sources call: what `aws.max_calls_per_s` budgets."""
+
+
+def call_budget(config: Config, observer: BudgetObserver | None = None) -> RateBudget | None:
+    """`aws.max_calls_per_s`: the one token bucket the sources' AWS calls draw from (it rides on the
+    daemon's ApiCallCounter); burst `aws.max_calls_burst`, default ceil(rate). None: no budget."""
+    a = config.aws
+    if a.max_calls_per_s is None:
+        return None
+    burst = a.max_calls_burst or max(1, math.ceil(a.max_calls_per_s))
+    return RateBudget(a.max_calls_per_s, burst, observer=observer)
 
 
 def build_slurm_actuator(config: Config, aws: AwsSettings, env: Mapping[str, str]) -> SlurmActuator:
@@ -402,8 +475,10 @@ def build(
     endpoint_override: str | None = None,
     env: Mapping[str, str] | None = None,
     mode: Mode | None = None,
+    actuator: Actuator | None = None,
 ) -> Daemon:
-    """Build every part from the config. Nothing starts until Daemon.start()."""
+    """Build every part from the config. Nothing starts until Daemon.start(). `actuator`, when
+    given, replaces the one `config.actuator` describes (embedding; the chaos test's file-state job)."""
     aws = aws_settings(config, endpoint_override)
     policy = load_policies([Path(p) for p in config.policies])
     unknown = sorted(set(config.actuator.node_ops) - {r.name for r in policy.rules})
@@ -427,11 +502,13 @@ def build(
         jobs=[config.job.name],
     )
     journal = Journal(Path(config.journal.path))
-    calls = ApiCallCounter()
+    # One call budget shared by the sources' reads (actions, alerts and the lease never wait on it).
+    calls = ApiCallCounter(budget=call_budget(config, metrics), budgeted_ops=SOURCE_OPS)
     try:
-        actuator = build_actuator(
-            config, aws, env or {}, fault_of=IncidentFaults(journal, policy), counter=calls
-        )
+        if actuator is None:
+            actuator = build_actuator(
+                config, aws, env or {}, fault_of=IncidentFaults(journal, policy), counter=calls
+            )
     except BaseException:
         journal.close()
         raise
@@ -465,17 +542,23 @@ def build(
         add_sources(engine)
         return engine
 
+    logs_filter, progress_metric = logs_filter_pattern(config, policy)
+
     def add_sources(engine: Engine) -> None:
         if config.sources.logs.enabled:
             logs_cfg = config.sources.logs
+            engine.progress_metric = progress_metric
             engine.add_source(
                 CloudWatchLogsSource(
                     make_client("logs", aws),
                     config.job.log_group,
                     aws,
                     overlap_s=logs_cfg.overlap_s,
+                    tail_overlap_s=logs_cfg.tail_overlap_s,
+                    sweep_interval_s=logs_cfg.sweep_interval_s,
                     max_pages_per_poll=logs_cfg.max_pages_per_poll,
                     counter=calls,
+                    filter_pattern=logs_filter,
                 ),
                 logs_cfg.poll_interval_s,
             )
@@ -500,7 +583,7 @@ def build(
     daemon = Daemon(config, policy, engine, journal, actuator, registry, calls)
     if ha_on:
         try:
-            daemon.leadership = build_leadership(config, aws, calls)
+            daemon.leadership = build_leadership(config, aws, calls, journal)
         except BaseException:
             journal.close()
             raise
@@ -525,8 +608,21 @@ def build_lease(config: Config, aws: AwsSettings, counter: ApiCallCounter | None
     raise StartupError(f"ha.kind {ha.kind!r}: no lease to build")
 
 
-def build_leadership(config: Config, aws: AwsSettings, counter: ApiCallCounter | None = None) -> Leadership:
-    return Leadership(build_lease(config, aws, counter), renew_every_s=config.ha.renew_every_s)
+def build_leadership(
+    config: Config, aws: AwsSettings, counter: ApiCallCounter | None = None, journal: Journal | None = None
+) -> Leadership:
+    """The lease of `build_lease`; with `kind: dynamodb` also the shared action ledger in
+    `ha.ledger_table`, whose intents carry the incident's attempt read from `journal`."""
+    lease = build_lease(config, aws, counter)
+    ledger = None
+    if isinstance(lease, DynamoDbLease) and config.ha.ledger_table:
+        ledger = DynamoDbLedger(config.ha.ledger_table, lease)
+    return Leadership(
+        lease,
+        renew_every_s=config.ha.renew_every_s,
+        ledger=ledger,
+        attempt_of=incident_attempt(journal) if journal is not None else None,
+    )
 
 
 def run_forever(daemon: Daemon) -> int:

@@ -34,6 +34,7 @@ import structlog
 from supervisor.act.base import Actuator
 from supervisor.alert.base import AlertSink
 from supervisor.alert.build import AlertContext, build_alert, resolve_alert
+from supervisor.chaos import crash_point
 from supervisor.classify.exits import exit_signal
 from supervisor.classify.matcher import LogClassifier, clean_text
 from supervisor.classify.metric_rules import MetricWatch
@@ -66,9 +67,13 @@ log = structlog.get_logger("ftsup.engine")
 
 class ActionFence(Protocol):
     """Admits an action right before it is applied: the fencing token it runs under, or None to drop
-    it (this replica no longer holds the lease). `supervisor.ha.Leadership` implements it."""
+    it (this replica no longer holds the lease), or the result a shared ledger recorded for its key
+    (another replica did it: use that, do not act). `record` gets the result of an admitted action
+    after apply and never raises. `supervisor.ha.Leadership` implements it."""
 
-    def admit(self, action: Action) -> int | None: ...
+    def admit(self, action: Action) -> int | ActionResult | None: ...
+
+    def record(self, action: Action, result: ActionResult) -> None: ...
 
 
 def _safe_event(event: LogEvent) -> LogEvent:
@@ -78,6 +83,18 @@ def _safe_event(event: LogEvent) -> LogEvent:
     if node.isascii():
         return event
     return replace(event, node=node.encode("utf-8", "replace").decode("utf-8"))
+
+
+def intent_done(action: Action, attempt: int, seen: JobObservation) -> bool:
+    """Whether the target shows `action`, intended while the job ran `attempt`, carried out: a halt
+    when the job no longer runs; a relaunch when the job runs a newer attempt (for a cordon, one
+    without the cordoned node). What reconcile() uses instead of retrying blindly."""
+    if action.kind is Verdict.HALT:
+        return not seen.running
+    if seen.attempt <= attempt:
+        return False
+    return action.kind is not Verdict.CORDON_AND_RESTART or action.node not in seen.nodes
+
 
 METRICS_SOURCE = "metrics"  # the name of the source whose health gates the metric rules
 UNIT_IDLE_S = 0.5  # a traceback unit closes this long (wall time) after its last line
@@ -160,6 +177,9 @@ class Engine:
     alert_context: AlertContext | None = None
     # High availability: set by the daemon to its Leadership; None acts without a lease.
     fence: ActionFence | None = None
+    # The metric whose samples also count as training progress (a step number), set by the daemon
+    # when the logs source's server-side filter drops per-step lines (supervisor.classify.prefilter).
+    progress_metric: str | None = None
 
     def __init__(
         self,
@@ -243,7 +263,10 @@ class Engine:
                 cordons=cordons,
                 history=history,
                 returned=returned,
-            )
+            ),
+            # Lines written before the running attempt's launch are of a replaced attempt, also for a
+            # job adopted after a restart (which launch() or a relaunch would otherwise set).
+            launched_at=observed.launched_at if observed else None,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -262,6 +285,12 @@ class Engine:
     def current_nodes(self) -> tuple[str, ...]:
         """The job's current members (read by the metrics source from its own thread)."""
         return self._state.job.nodes
+
+    def follow(self, seen: JobObservation) -> None:
+        """HA takeover without a shared journal: make the observed attempt the current one (journaled
+        when new), so lines from before its launch, which a previous leader handled, are not decided
+        again."""
+        self._adopt(seen, seen.launched_at or self.clock(), restarted_at=None)
 
     def launch(self) -> ActionResult:
         """Start the job through the actuator (attempt 0) and record the attempt."""
@@ -293,21 +322,55 @@ class Engine:
         self._threads.append(t)
 
     def reconcile(self) -> None:
-        """Intents journaled without a result (the daemon died mid-action) are settled by looking
-        at the target, never by blindly retrying."""
+        """Settle each intent journaled without a result (the daemon died mid-action) by observing
+        the target before any retry (`intent_done`): an action visibly done is journaled as done and
+        never repeated; one visibly not done is carried out now, under the same idempotency key (with
+        a fence: queued for the action thread, which admits it). Either way it completes like any
+        action: result, relaunched attempt and alert (the outbox drops an alert recorded before).
+        An intent whose incident is not in the journal cannot be judged: failed, not retried (the
+        job is then halted for a human). Idempotent; call before the engine's threads run."""
         for action in self.journal.pending_intents():
+            if action.job != self.job:
+                continue
+            incident = self.journal.incident(action.incident_id)
+            decisions = self.journal.decisions(incident_id=action.incident_id)
             seen = self.actuator.observe() if self.actuator is not None else None
             now = self.clock()
-            detail = "daemon restarted before the result was journaled; "
-            detail += (
-                f"observed attempt {seen.attempt} running={seen.running} on {', '.join(seen.nodes)}"
-                if seen
-                else "no actuator to observe; not retried"
-            )
-            self.journal.add_result(
-                ActionResult(action.idempotency_key, ok=False, detail=detail, started_at=now, finished_at=now)
-            )
-            log.warning("intent reconciled", key=action.idempotency_key, detail=detail)
+            if incident is None or not decisions or seen is None:
+                detail = "daemon restarted before the result was journaled; cannot judge it; not retried"
+                log.error("intent reconciled as failed", key=action.idempotency_key, detail=detail)
+                self.complete_action(action, ActionResult(action.idempotency_key, False, detail, now, now))
+                continue
+            with self._lock:
+                self._state.handled[incident.incident_id] = Handled(incident, decisions[-1].decision)
+                # Completion ends the attempt the intent was made in and adopts the observed one.
+                self._state.job = replace(self._state.job, attempt=incident.attempt)
+            if intent_done(action, incident.attempt, seen):
+                detail = (
+                    f"done before the daemon restarted: observed attempt {seen.attempt} "
+                    f"running={seen.running} on {', '.join(seen.nodes)}; not repeated"
+                )
+                log.warning("intent reconciled as done", key=action.idempotency_key, detail=detail)
+                result = ActionResult(
+                    action.idempotency_key, True, detail, now, now,
+                    attempt=seen.attempt if seen.running else None, nodes=seen.nodes,
+                )  # fmt: skip
+                self.complete_action(action, result)
+                continue
+            log.warning("intent not done before the daemon restarted: doing it", key=action.idempotency_key)
+            self._state.acting = True
+            if self.fence is not None:
+                self._actions.put(action)
+                continue
+            assert self.actuator is not None
+            crash_point("action.apply")
+            try:
+                result = self.actuator.apply(action)
+            except Exception as exc:  # the actuator contract says it does not raise; be safe anyway
+                now = self.clock()
+                result = ActionResult(action.idempotency_key, False, f"actuator raised: {exc!r}", now, now)
+            crash_point("action.applied")
+            self.complete_action(action, result)
 
     # ------------------------------------------------------------------ threads
 
@@ -320,6 +383,7 @@ class Engine:
                 log.exception("source raised", source=source.name)
                 health = SourceHealth(source.name, False, self.clock(), repr(exc))
                 batch = SourceBatch(source.name, (), (), None, health)
+            crash_point("poll.batch")
             self._inbox.put(batch)
             self._stop.wait(max(0.0, interval - (time.monotonic() - started)))
 
@@ -334,17 +398,24 @@ class Engine:
             # nothing (the new leader settles the intent). The token goes into the result's detail.
             token: int | None = None
             if self.fence is not None:
-                token = self.fence.admit(action)
-                if token is None:
+                admitted = self.fence.admit(action)
+                if admitted is None:
                     log.error("action dropped: lease not held", key=action.idempotency_key)
                     continue
+                if isinstance(admitted, ActionResult):  # done before (shared ledger): never repeated
+                    self._inbox.put((action, admitted))
+                    continue
+                token = admitted
+            crash_point("action.apply")
             try:
                 result = self.actuator.apply(action)
             except Exception as exc:  # the actuator contract says it does not raise; be safe anyway
                 now = self.clock()
                 result = ActionResult(action.idempotency_key, False, f"actuator raised: {exc!r}", now, now)
-            if token is not None:
+            crash_point("action.applied")
+            if token is not None and self.fence is not None:
                 result = replace(result, detail=f"{result.detail} [lease token {token}]")
+                self.fence.record(action, result)
             self._inbox.put((action, result))
 
     def _engine_loop(self) -> None:
@@ -383,6 +454,8 @@ class Engine:
         for sample in batch.metrics:
             if sample.node in members and self._current(sample.timestamp):
                 signals.extend(self.watch.observe(sample))
+                if sample.metric == self.progress_metric and math.isfinite(sample.value):
+                    self._note_step(int(sample.value), sample.timestamp)
         if self._state.progress.last_step != step_before:
             self._update_last_progress()  # one write per batch, so the journal knows how far training got
         self._accept(signals, now)
@@ -461,6 +534,16 @@ class Engine:
         for incident in self.correlator.add(fresh, st.job.attempt, now):
             self._decide(incident, now)
 
+    def _note_step(self, step: int, at: float) -> None:
+        """Training reached `step` at `at` (a step line, or a sample of `progress_metric`)."""
+        p = self._state.progress
+        if p.first_step_at is None:
+            p.first_step_at = at
+            self.journal.update_attempt(self.job, self._state.job.attempt, first_step_at=at)
+            self._resolve_alerts(at)
+        if p.last_step is None or step > p.last_step:
+            p.last_step, p.last_step_at = step, at
+
     def _read_progress(self, event: LogEvent) -> None:
         text = event.text
         if '"event"' not in text:  # cheap prefilter: most lines are not progress lines
@@ -469,13 +552,7 @@ class Engine:
         p = self._state.progress
         m = self._step_re.search(text) if self._step_re is not None else None
         if m is not None:
-            step = int(m.group("step"))
-            if p.first_step_at is None:
-                p.first_step_at = event.timestamp
-                self.journal.update_attempt(self.job, self._state.job.attempt, first_step_at=event.timestamp)
-                self._resolve_alerts(event.timestamp)
-            if p.last_step is None or step > p.last_step:
-                p.last_step, p.last_step_at = step, event.timestamp
+            self._note_step(int(m.group("step")), event.timestamp)
             return
         m = self._resume_re.search(text) if self._resume_re is not None else None
         if m is not None:
@@ -524,7 +601,9 @@ class Engine:
         with self.journal.transaction():
             self.journal.add_signals(self.job, incident.attempt, incident.signals)
             self.journal.add_incident(incident)
+            crash_point("decide.incident")
             self.journal.add_decision(decision, self.mode)
+            crash_point("decide.decision")
             self._update_last_progress()
             if action is not None:
                 self.journal.add_intent(action, plan)
@@ -558,9 +637,16 @@ class Engine:
             self._alert(incident, decision, None, now)
 
     def complete_action(self, action: Action, result: ActionResult) -> None:
-        """An action finished: journal its result, adopt the job's new shape, alert."""
+        """An action finished: journal its result, adopt the job's new shape, alert. One transaction:
+        a crash never leaves a journaled result whose relaunch or alert was not recorded (reconcile
+        would not look at that action again, and its page would be lost)."""
+        with self.journal.transaction():
+            self._complete_action(action, result)
+
+    def _complete_action(self, action: Action, result: ActionResult) -> None:
         now = self.clock()
         self.journal.add_result(result)
+        crash_point("action.result")
         if self.metrics is not None:
             self.metrics.action(action.kind.value, result.ok)
         handled = self._state.handled.get(action.incident_id)
@@ -686,6 +772,7 @@ class Engine:
         # A traceback still being folded holds its lines too: re-reading must see it whole.
         if self.correlator.pending() or self.stream.open_units() or not self._held_cursors:
             return
+        crash_point("cursor.save")
         with self.journal.transaction():
             for cursor in self._held_cursors.values():
                 self.journal.save_cursor(cursor)

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from supervisor.chaos import crash_point
 from supervisor.vocabulary import (
     Action,
     ActionResult,
@@ -524,6 +525,7 @@ class Journal:
                 self._in_tx = False
                 self._conn.execute("ROLLBACK")
                 raise
+            crash_point("journal.commit")
             self._in_tx = False
             self._conn.execute("COMMIT")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 import uuid
 from collections import Counter
@@ -127,12 +128,15 @@ def test_watchtower_lines_from_two_nodes_arrive_once_with_their_node(
     )
     assert all(e.ingested is not None and e.ingested >= e.timestamp - 1 for e in batch.logs)
     assert batch.cursor is not None
-    assert json.loads(batch.cursor.position)["t_ms"] == round(max(e.timestamp for e in batch.logs) * 1000)
 
     again = src.poll()
     assert again.health.up
     assert again.logs == ()  # the overlap re-read is de-duplicated
-    assert again.cursor == batch.cursor
+
+    # At-least-once across a restart: a source restored from the cursor emits these lines again.
+    fresh = source(logs, group, settings)
+    fresh.restore(batch.cursor)
+    assert Counter((e.node, e.text) for e in fresh.poll().logs) == want
 
 
 def test_many_pages_no_loss_no_duplicates(logs: Any, group: str, settings: AwsSettings) -> None:
@@ -176,21 +180,51 @@ def test_scan_cut_by_page_bound_continues_next_poll_without_advancing_cursor_ear
     assert cursors[-1] is not None
 
 
-def test_late_event_within_overlap_is_read_once(logs: Any, group: str, settings: AwsSettings) -> None:
+def test_late_event_within_tail_overlap_is_read_by_the_next_poll_once(
+    logs: Any, group: str, settings: AwsSettings
+) -> None:
     t = now_ms() - 5_000
     put(logs, group, "node-0", [(t, "on time")])
-    src = source(logs, group, settings, overlap_s=30.0)
+    src = source(logs, group, settings, overlap_s=30.0, tail_overlap_s=10.0)
     first = src.poll()
     assert texts(first) == ["on time"]
     assert first.cursor is not None
 
-    # Arrives now, but stamped 10 s before the newest event already read (behind the cursor).
-    put(logs, group, "node-1", [(t - 10_000, "late but within overlap")])
+    # Arrives now, stamped 8 s ago: behind what the last scan read, within the tail's overlap.
+    put(logs, group, "node-1", [(now_ms() - 8_000, "late but within the tail overlap")])
     second = src.poll()
-    assert texts(second) == ["late but within overlap"]
+    assert texts(second) == ["late but within the tail overlap"]
     assert second.logs[0].node == "node-1"
-    assert second.cursor == first.cursor  # the cursor is a high-water mark: it does not go back
     assert src.poll().logs == ()
+
+
+def test_late_event_within_overlap_is_delivered_once_by_the_late_sweep(
+    logs: Any, group: str, settings: AwsSettings
+) -> None:
+    offset = [0.0]
+
+    def clock() -> float:
+        return time.time() + offset[0]
+
+    put(logs, group, "node-0", [(now_ms() - 2_000, "on time")])
+    counter = ApiCallCounter()
+    src = source(
+        logs, group, settings, overlap_s=30.0, tail_overlap_s=5.0, sweep_interval_s=10.0, clock=clock,
+        counter=counter,
+    )  # fmt: skip
+    assert texts(src.poll()) == ["on time"]
+
+    # Stamped 20 s ago, searchable only now: beyond the tail's 5 s, within the 30 s overlap.
+    put(logs, group, "node-1", [(now_ms() - 20_000, "late by 20 s")])
+    assert src.poll().logs == ()  # the tail does not reach back that far
+    calls = counter.get("FilterLogEvents")
+    offset[0] = 11.0  # the sweep is due (sweep_interval_s = 10)
+    swept = src.poll()
+    assert texts(swept) == ["late by 20 s"]
+    assert counter.get("FilterLogEvents") == calls + 2  # one tail call, one sweep call
+    for extra in (12.0, 23.0, 34.0):  # later tails and sweeps: never again
+        offset[0] = extra
+        assert src.poll().logs == ()
 
 
 def test_event_later_than_the_overlap_is_missed_so_size_overlap_for_ingestion_delay(
@@ -199,6 +233,7 @@ def test_event_later_than_the_overlap_is_missed_so_size_overlap_for_ingestion_de
     t = now_ms() - 5_000
     put(logs, group, "node-0", [(t, "on time")])
     src = source(logs, group, settings, overlap_s=2.0)
+    assert not src.sweeps  # tail_overlap_s is capped at overlap_s: nothing left for a sweep
     assert texts(src.poll()) == ["on time"]
     put(logs, group, "node-0", [(t - 10_000, "too late")])
     assert src.poll().logs == ()
@@ -208,21 +243,24 @@ def test_restore_from_saved_cursor_reads_what_came_after(
     logs: Any, group: str, settings: AwsSettings
 ) -> None:
     t = now_ms() - 60_000
-    put(logs, group, "node-0", [(t + i * 5000, f"before {i}") for i in range(5)])  # 5 s apart
+    put(logs, group, "node-0", [(t + i * 5000, f"before {i}") for i in range(5)])  # 60..40 s ago
+    put(logs, group, "node-2", [(now_ms() - 500, "just before the cursor")])
     first = source(logs, group, settings, overlap_s=2.0)
     b1 = first.poll()
-    assert len(b1.logs) == 5
+    assert len(b1.logs) == 6
     saved = b1.cursor
     assert saved is not None
+    assert json.loads(saved.position)["t_ms"] <= now_ms()
 
-    put(logs, group, "node-1", [(t + 30_000 + i, f"after {i}") for i in range(3)])
+    put(logs, group, "node-1", [(now_ms() + i, f"after {i}") for i in range(3)])
     fresh = source(logs, group, settings, overlap_s=2.0, start_time=time.time())  # start_time is overridden
     fresh.restore(saved)
     b2 = fresh.poll()
     got = texts(b2)
     assert [m for m in got if m.startswith("after")] == ["after 0", "after 1", "after 2"]
     # At-least-once across restarts: only the overlap window before the cursor is re-read.
-    assert [m for m in got if m.startswith("before")] == ["before 4"]
+    assert "just before the cursor" in got
+    assert not [m for m in got if m.startswith("before")]
     assert fresh.poll().logs == ()
 
 
@@ -271,7 +309,7 @@ def test_unreachable_endpoint_is_blind_then_nothing_lost_when_back(
         retry_budget_s=1.0,
     )
     src.client = make_client("logs", dead)
-    put(logs, group, "node-1", [(t + 1000, "during outage")])
+    put(logs, group, "node-1", [(now_ms(), "during outage")])
     b2 = src.poll()
     assert not b2.health.up
     assert b2.health.error and "FilterLogEvents failed" in b2.health.error
@@ -378,7 +416,7 @@ def test_empty_pages_with_a_token_do_not_end_the_scan() -> None:
     assert len(fake.calls) == 4
     # Every page is the same query; only the token changes.
     assert {(c["startTime"], c["endTime"]) for c in fake.calls} == {(t, t + 10_000)}
-    assert b.cursor == Cursor("logs", json.dumps({"t_ms": t + 5}))
+    assert b.cursor == Cursor("logs", json.dumps({"t_ms": t + 10_000}))  # read through the scan's end
 
 
 def test_empty_pages_beyond_the_page_bound_resume_from_the_token() -> None:
@@ -426,42 +464,225 @@ def test_embedded_cloudwatch_round_trip() -> None:
 
 
 class InMemoryLogs:
-    """A minimal FilterLogEvents over a list (one page), recording each query's window."""
+    """FilterLogEvents over a list: an event is searchable from its `visible` time (ms) on, like an
+    event CloudWatch has ingested; pages of `page` events; every query's window is recorded.
 
-    def __init__(self, events: list[dict[str, Any]]) -> None:
-        self.events = events
+    Events are returned in (timestamp, eventId) order like CloudWatch's interleaved results; a
+    query's pages are fixed when its first page is asked for (the token indexes that result)."""
+
+    def __init__(self, clock: list[float], page: int = 10_000) -> None:
+        self.clock = clock
+        self.page = page
+        self.events: list[dict[str, Any]] = []
         self.calls: list[dict[str, Any]] = []
+        self._results: dict[str, list[dict[str, Any]]] = {}
+        self.fail_next = 0
+
+    def add(self, i: int, ts_ms: int, visible_ms: int | None = None, stream: str = "node-0") -> None:
+        e = ev(i, ts_ms, stream)
+        e["visible"] = ts_ms if visible_ms is None else visible_ms
+        self.events.append(e)
 
     def filter_log_events(self, **kw: Any) -> Any:
         self.calls.append(kw)
-        lo, hi = kw["startTime"], kw["endTime"]
-        return {"events": [e for e in self.events if lo <= e["timestamp"] <= hi]}
+        if self.fail_next:
+            self.fail_next -= 1
+            raise ClientError(
+                {"Error": {"Code": "ServiceUnavailableException", "Message": "down"}}, "FilterLogEvents"
+            )
+        token = kw.get("nextToken")
+        if token is None:
+            now = self.clock[0] * 1000
+            hits = [
+                {k: v for k, v in e.items() if k != "visible"}
+                for e in self.events
+                if kw["startTime"] <= e["timestamp"] <= kw["endTime"] and e["visible"] <= now
+            ]
+            hits.sort(key=lambda e: (e["timestamp"], e["eventId"]))
+            token = f"q{len(self._results)}:0"
+            self._results[token.split(":")[0]] = hits
+        qid, _, offset = token.partition(":")
+        hits = self._results[qid]
+        start = int(offset)
+        out: dict[str, Any] = {"events": hits[start : start + self.page]}
+        if start + self.page < len(hits):
+            out["nextToken"] = f"{qid}:{start + self.page}"
+        return out
 
 
-def test_quiet_group_keeps_the_scan_window_bounded_and_lag_honest() -> None:
-    # The cursor follows events; a quiet group (or a rarely matching filter_pattern) must not
-    # make every scan re-read from the last event ever seen.
-    t = 1_800_000_000_000
-    fake = InMemoryLogs([ev(1, t)])
-    clock = [(t + 1_000_000) / 1000]  # the only event is 1,000 s old
-    src = CloudWatchLogsSource(
-        fake,
-        "g",
-        AwsSettings(),
-        clock=lambda: clock[0],
-        start_time=(t - 1) / 1000,
-        overlap_s=30,
-        max_rescan_s=60,
-        sleep=no_sleep,
-    )
+T0 = 1_800_000_000_000
+
+
+def fake_source(fake: InMemoryLogs, clock: list[float], **kw: Any) -> CloudWatchLogsSource:
+    kw.setdefault("start_time", T0 / 1000)
+    kw.setdefault("sleep", no_sleep)
+    kw.setdefault("settings", AwsSettings(max_attempts=1, retry_budget_s=0.1))
+    settings = kw.pop("settings")
+    return CloudWatchLogsSource(fake, "g", settings, clock=lambda: clock[0], **kw)
+
+
+def test_tail_window_stays_small_whatever_the_cursor_and_sweeps_reach_back_overlap() -> None:
+    # A sparse filter pattern (or a quiet job) gives few events: the tail must not re-read from the
+    # last matching event, and every scan's window is known in advance.
+    clock = [T0 / 1000 + 60]
+    fake = InMemoryLogs(clock)
+    fake.add(1, T0 + 1000)
+    src = fake_source(fake, clock, overlap_s=30, tail_overlap_s=5, sweep_interval_s=20)
+    assert [e.event_id for e in src.poll().logs] == ["id1"]
+    assert (fake.calls[-1]["startTime"], fake.calls[-1]["endTime"]) == (T0, T0 + 60_000)
+    for _ in range(40):  # clock T0 + 61 s .. T0 + 100 s
+        clock[0] += 1
+        assert src.poll().logs == ()
+    tails = [c for c in fake.calls[1:] if c["endTime"] - c["startTime"] == 6_000]
+    sweeps = [c for c in fake.calls[1:] if c not in tails]
+    assert len(tails) == 40  # [read-through - 5 s, now]: 6 s each, one call per poll
+    # Every 20 s, from overlap_s before the previous sweep's end (the first: from the start).
+    assert [(c["startTime"], c["endTime"]) for c in sweeps] == [
+        (T0, T0 + 80_000),
+        (T0 + 50_000, T0 + 100_000),
+    ]
+    b = src.poll()
+    assert b.health.lag_s == 0.0  # quiet is not lag
+
+
+def test_every_event_within_overlap_is_delivered_exactly_once_with_bounded_extra_delay() -> None:
+    # 600 s of a busy job at 1 s polls; ingestion delays from 0 to 30 s (= overlap_s), some events
+    # out of order: each event is emitted once, by the tail when its delay <= tail_overlap_s, else
+    # by a sweep at most sweep_interval_s + one poll after it became searchable.
+    rnd = random.Random(7)
+    clock = [T0 / 1000]
+    fake = InMemoryLogs(clock, page=50)
+    overlap, tail, sweep_every = 30.0, 5.0, 15.0
+    visible: dict[str, float] = {}
+    for i in range(3000):
+        ts = T0 + rnd.randrange(0, 560_000)
+        delay = rnd.choice((0, 0, 1_000, 3_000, 5_000, rnd.randrange(0, 30_000)))
+        fake.add(i, ts, ts + delay, stream=f"node-{i % 7}")
+        visible[f"id{i}"] = (ts + delay) / 1000
+    src = fake_source(fake, clock, overlap_s=overlap, tail_overlap_s=tail, sweep_interval_s=sweep_every)
+    got: Counter[str] = Counter()
+    lateness: list[float] = []
+    for _ in range(660):
+        clock[0] += 1.0
+        b = src.poll()
+        assert b.health.up
+        for e in b.logs:
+            got[e.event_id] += 1
+            lateness.append(clock[0] - visible[e.event_id])
+        assert src.seen_ids <= 3000
+    assert set(got) == set(visible)
+    assert max(got.values()) == 1
+    assert max(lateness) <= sweep_every + 1.0 + 1e-6
+
+
+def test_an_event_later_than_overlap_can_be_missed_and_nothing_else_is() -> None:
+    clock = [T0 / 1000 + 40]
+    fake = InMemoryLogs(clock)
+    src = fake_source(fake, clock, start_time=(T0 + 35_000) / 1000, overlap_s=10, tail_overlap_s=2)
+    src.poll()
+    fake.add(1, T0 + 39_000, T0 + 45_000)  # 6 s late: the sweep gets it
+    # 60 s late: beyond what any sweep reaches back (overlap_s + sweep_interval_s).
+    fake.add(2, T0 + 38_000, T0 + 98_000)
+    seen = []
+    for _ in range(100):
+        clock[0] += 1
+        seen += [e.event_id for e in src.poll().logs]
+    assert seen == ["id1"]
+
+
+def test_a_failed_page_mid_scan_emits_nothing_and_loses_nothing() -> None:
+    clock = [T0 / 1000 + 10]
+    fake = InMemoryLogs(clock, page=2)
+    for i in range(5):
+        fake.add(i, T0 + 1000 + i)
+    src = fake_source(fake, clock, overlap_s=30, tail_overlap_s=5)
+    real = fake.filter_log_events
+    calls = {"n": 0}
+
+    def flaky(**kw: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second page of the first scan fails
+            fake.fail_next = 1
+        return real(**kw)
+
+    fake.filter_log_events = flaky  # type: ignore[method-assign]
     b1 = src.poll()
-    assert [e.event_id for e in b1.logs] == ["id1"]
-    assert b1.cursor == Cursor("logs", json.dumps({"t_ms": t}))
-    assert b1.health.lag_s == 0.0
-    clock[0] += 10
+    assert not b1.health.up and b1.logs == () and b1.cursor is None
+    assert src.seen_ids == 0
     b2 = src.poll()
-    assert b2.logs == ()
-    assert fake.calls[-1]["startTime"] == t + 1_000_000 - 60_000  # not t - 30 s
-    assert b2.health.lag_s == 0.0  # read through now: quiet is not lag (the last line is 1,010 s old)
+    assert b2.health.up
+    assert [e.event_id for e in b2.logs] == [f"id{i}" for i in range(5)]
+    assert src.poll().logs == ()
+
+
+def test_dedupe_memory_is_flat_over_a_long_run() -> None:
+    # 20 events/s for an hour of simulated time, every event searchable at once, no filter: the
+    # memory holds the ids a later scan can still reach (about overlap + sweep interval), no more.
+    clock = [T0 / 1000]
+    fake = InMemoryLogs(clock)
+    src = fake_source(fake, clock, overlap_s=30, tail_overlap_s=5, sweep_interval_s=20)
+    sizes = []
+    i = 0
+    for sec in range(3600):
+        for k in range(20):
+            fake.add(i, T0 + sec * 1000 + k * 50)
+            i += 1
+        if sec % 60 == 0:  # keep the fake's own list short (CloudWatch's retention, not ours)
+            fake.events = [e for e in fake.events if e["timestamp"] >= T0 + (sec - 120) * 1000]
+        clock[0] += 1
+        assert src.poll().health.up
+        sizes.append(src.seen_ids)
+    steady = sizes[120:]
+    assert max(steady) <= 20 * (30 + 20 + 5 + 3)
+    assert max(steady[-600:]) <= max(steady[:600])  # no growth with hours of logs
+
+
+def test_seen_id_cap_can_only_duplicate() -> None:
+    clock = [T0 / 1000 + 5]
+    fake = InMemoryLogs(clock)
+    for i in range(10):
+        fake.add(i, T0 + 1000 * (i % 3))
+    src = fake_source(fake, clock, overlap_s=30, tail_overlap_s=30, max_seen_ids=3)
+    first = [e.event_id for e in src.poll().logs]
+    assert sorted(first) == sorted(f"id{i}" for i in range(10))
+    clock[0] += 1
+    again = [e.event_id for e in src.poll().logs]
+    assert set(again) <= set(first)  # duplicates of forgotten ids, nothing new, nothing lost
+
+
+def test_restore_reads_overlap_before_the_cursor_and_rejects_nonsense() -> None:
+    clock = [T0 / 1000 + 100]
+    fake = InMemoryLogs(clock)
+    src = fake_source(fake, clock, overlap_s=30, tail_overlap_s=5, sweep_interval_s=10)
+    src.poll()
+    src.restore(Cursor("logs", json.dumps({"t_ms": T0 + 90_000})))
+    fake.calls.clear()
+    src.poll()
+    assert fake.calls[0]["startTime"] == T0 + 60_000
     with pytest.raises(ValueError):
-        CloudWatchLogsSource(fake, "g", AwsSettings(), overlap_s=30, max_rescan_s=10)
+        src.restore(Cursor("logs", json.dumps({"t_ms": True})))
+    with pytest.raises(ValueError):
+        CloudWatchLogsSource(fake, "g", AwsSettings(), sweep_interval_s=0)
+
+
+def test_derived_filter_pattern_is_accepted_by_moto_which_returns_a_superset(
+    logs: Any, group: str, settings: AwsSettings
+) -> None:
+    # moto does not implement regex filter patterns: it returns every event for them (a superset,
+    # so correct; the savings are measured with prefilter.cloudwatch_matches in bench/scale.py).
+    from supervisor.classify.policy import load_policies
+    from supervisor.classify.prefilter import cloudwatch_matches, derive_filter_pattern
+    from supervisor.config import default_policy_dir
+
+    d = derive_filter_pattern(load_policies([default_policy_dir()]), include_step=False)
+    assert d.pattern is not None
+    t = now_ms() - 5_000
+    lines = [
+        "NVRM: Xid (PCI:0000:3b:00): 79, pid=812, name=python, GPU has fallen off the bus.",
+        '{"event": "step", "step": 10, "loss": 2.1}',
+    ]
+    put(logs, group, "node-0", [(t + i, m) for i, m in enumerate(lines)])
+    b = source(logs, group, settings, filter_pattern=d.pattern).poll()
+    assert b.health.up
+    assert texts(b) == lines  # moto: everything
+    assert [m for m in lines if cloudwatch_matches(d.pattern, m)] == lines[:1]  # CloudWatch: the Xid line

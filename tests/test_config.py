@@ -45,7 +45,8 @@ def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
     assert cfg.metrics_server == MetricsServerConfig("127.0.0.1", 9464)
     assert cfg.sources.metrics.stats["step"] == "Maximum" and cfg.sources.logs.overlap_s == 30.0
     assert cfg.aws.max_attempts == 4 and cfg.aws.endpoint_url is None
-    assert cfg.logging.format == "auto" and cfg.incidents.settle_s == 5.0
+    assert cfg.logging.format == "auto" and cfg.incidents.settle_s == 1.5
+    assert cfg.sources.logs.poll_interval_s == 1.0
     assert default_policy_dir().is_dir()
 
 

@@ -149,3 +149,32 @@ def test_signals_are_ordered_and_deterministic() -> None:
             ("no-step-progress", "b", 120.0),
         ]
     )
+
+
+SLOW_STALL = mrule("no-step-progress", MetricMatch("step", stalled_for=110, stalled_steps=3), 2)
+
+
+def test_stalled_steps_stretches_the_window_to_three_slow_steps() -> None:
+    # A job whose steps take 60 s (e.g. a huge model): a fixed 110 s window would call the
+    # second step's wait a hang; with stalled_steps 3 the window is 3 x p99(60 s) = 180 s.
+    w = MetricWatch([SLOW_STALL])
+    w.reset(0.0, ["node-0"])
+    for k in range(1, 6):
+        w.observe(sample("step", 60.0 * k, k))
+    assert w.stall_window("no-step-progress", SLOW_STALL.match) == 180.0  # type: ignore[arg-type]
+    assert w.evaluate(300.0 + 179.0, ["node-0"], True) == []
+    assert names(w.evaluate(300.0 + 180.0, ["node-0"], True)) == [("no-step-progress", "node-0", 480.0)]
+
+
+def test_stalled_steps_keeps_the_floor_for_fast_steps_and_survives_a_relaunch() -> None:
+    w = MetricWatch([SLOW_STALL])
+    w.reset(0.0, ["node-0"])
+    for k in range(1, 50):  # 0.2 s per step, published as a value every second (+5 per sample)
+        w.observe(sample("step", float(k), 5.0 * k))
+    assert w.stall_window("no-step-progress", SLOW_STALL.match) == 110.0  # type: ignore[arg-type]
+    assert w.evaluate(49.0 + 109.0, ["node-0"], True) == []
+    assert names(w.evaluate(49.0 + 110.0, ["node-0"], True)) == [("no-step-progress", "node-0", 159.0)]
+    # The step that finally came took 210 s: now the p99, and the window follows it after a relaunch.
+    w.observe(sample("step", 259.0, 246.0))
+    w.reset(300.0, ["node-0"])
+    assert w.stall_window("no-step-progress", SLOW_STALL.match) == 630.0  # type: ignore[arg-type]

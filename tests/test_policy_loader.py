@@ -107,7 +107,7 @@ def test_directory_loads_sorted_yaml_and_yml(tmp_path: Path) -> None:
                 "p.yaml:8:18 rules[0].match.log: missing ')' in x(",
                 "p.yaml:8:24 rules[0].match.examples: unknown key 'examples' "
                 "(expected one of: above, above_baseline, above_job_median, absent_for, baseline, below,"
-                " below_baseline, for, log, metric, stalled_for)",
+                " below_baseline, for, log, metric, stalled_for, stalled_steps)",
             ],
         ),
         (
@@ -165,8 +165,10 @@ def test_directory_loads_sorted_yaml_and_yml(tmp_path: Path) -> None:
         ),
         (
             "    match: {metric: step, above: 1, baseline: 5m}\n",
-            ["p.yaml:8:47 rules[0].match.baseline: 'baseline' applies only to above_baseline,"
-             " below_baseline, above_job_median"],
+            [
+                "p.yaml:8:47 rules[0].match.baseline: 'baseline' applies only to above_baseline,"
+                " below_baseline, above_job_median"
+            ],
         ),
         (
             "    match: {metric: step, above_baseline: -2}\n",
@@ -174,8 +176,10 @@ def test_directory_loads_sorted_yaml_and_yml(tmp_path: Path) -> None:
         ),
         (
             "    match: {metric: step, absent_for: 1m, for: 5s}\n",
-            ["p.yaml:8:48 rules[0].match.for: 'for' applies only to above, below, above_baseline,"
-             " below_baseline, above_job_median"],
+            [
+                "p.yaml:8:48 rules[0].match.for: 'for' applies only to above, below, above_baseline,"
+                " below_baseline, above_job_median"
+            ],
         ),
         (
             "    match: {metric: step, stalled_for: soon}\n",

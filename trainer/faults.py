@@ -2,18 +2,22 @@
 
 A request is a JSON file ``*.json`` in the fault dir::
 
-    {"id": str, "kind": str, "node": str, "rank": int|null, "at_step": int|null, "attempt": int|null}
+    {"id": str, "kind": str, "node": str, "rank": int|null, "at_step": int|null, "attempt": int|null,
+     "persistent": bool (optional, default false)}
 
 * ``node``: target node name, ``"*"`` = every node.
 * ``rank``: target global rank, ``null`` = every rank on the target node(s). ``xid79``/``xid48`` are
   node-wide (a lost GPU takes every process on the host with it), so their ``rank`` is not consulted.
 * ``at_step``: fire at the first step >= ``at_step``; ``null`` = the next step checked.
 * ``attempt``: only in that attempt (``FTSUP_ATTEMPT``/torchelastic restart count); ``null`` = any.
+* ``persistent``: a broken node rather than an event (a dead GPU): the request fires again in every
+  process on the target node that reaches a due step, whatever its attempt, until the file is removed
+  or the node stops being used (cordoned). Default false.
 
 Before executing, a rank writes ``<id>.fired.<node>.<rank>`` into the fault dir and never fires an id
-that has its marker, so a fault survives restarts as a one-shot. Writers should create request files
-atomically (:func:`write_fault_request` does tmp + rename); unparsable files are ignored and re-read
-on the next step.
+that has its marker (unless ``persistent``), so a fault survives restarts as a one-shot. Writers
+should create request files atomically (:func:`write_fault_request` does tmp + rename); unparsable
+files are ignored and re-read on the next step.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ class FaultRequest:
     rank: int | None = None
     at_step: int | None = None
     attempt: int | None = None
+    persistent: bool = False
 
     @classmethod
     def from_dict(cls, d: object) -> FaultRequest:
@@ -81,7 +86,12 @@ class FaultRequest:
             raise ValueError(f"unknown kind {kind!r}")
         if not isinstance(node, str) or not node:
             raise ValueError("node must be a non-empty string")
-        return cls(fid, kind, node, _opt_int(d, "rank"), _opt_int(d, "at_step"), _opt_int(d, "attempt"))
+        persistent = d.get("persistent", False)
+        if not isinstance(persistent, bool):
+            raise ValueError("persistent must be a boolean")
+        return cls(
+            fid, kind, node, _opt_int(d, "rank"), _opt_int(d, "at_step"), _opt_int(d, "attempt"), persistent
+        )
 
     def targets(self, node: str, rank: int) -> bool:
         """Whether this request is aimed at the process ``rank`` running on ``node``."""
@@ -198,7 +208,7 @@ class FaultInjector:
                 continue
             if not req.due(step, self._attempt):
                 continue
-            if self._marker(req.id).exists():
+            if not req.persistent and self._marker(req.id).exists():
                 self._fired.add(req.id)
                 continue
             return req

@@ -8,23 +8,61 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import boto3
 from botocore.config import Config
 
+# Lines that may be a failure are sent at once instead of waiting for the next batch: every second
+# between a failure and the supervisor's decision costs training time, while healthy lines (the
+# bulk) keep riding the 1 s batches. The node agent asks the supervisor's own policies
+# (`policy_urgency`); this coarse pattern is the fallback when they cannot be loaded.
+URGENT_FALLBACK_RE = re.compile(
+    r"rror|ERROR|xception|Traceback|NCCL WARN|Xid|NVRM|[Kk]illed|terminate called|[Ss]ignal|FAIL|[Ff]atal"
+    r"|[Tt]imed out|[Tt]imeout|[Aa]bort|[Pp]anic|[Ss]egmentation fault|[Oo]ut of memory|oom-kill"
+)
+URGENT_MIN_GAP_S = 0.1  # at most ~10 early sends a second, however many failure lines pour out
+
+
+def fallback_urgency(line: str) -> bool:
+    return URGENT_FALLBACK_RE.search(line) is not None
+
+
+def policy_urgency(policy_dirs: Sequence[Path]) -> Callable[[str], bool]:
+    """Urgent = some rule of these policy packs (or a traceback's structure line) may match the line.
+
+    Raises whatever loading the packs raises (`PolicyError`); the caller falls back."""
+    from supervisor.classify.matcher import LogClassifier
+    from supervisor.classify.policy import load_policies
+
+    classifier = LogClassifier(load_policies(list(policy_dirs)))
+    return classifier.any_match
+
 
 class CloudWatchShipper:
     """Ships lines to one CloudWatch Logs stream (``log_group``/``node``) through watchtower.
 
     The event timestamp is the moment :meth:`ship` is called (watchtower uses ``LogRecord.created``).
-    Thread-safe; lines from concurrent producers keep their call order.
+    Thread-safe; lines from concurrent producers keep their call order. Lines `urgent` says yes to
+    ask watchtower's sender to send its batch now (at most every ``URGENT_MIN_GAP_S``); the rest are
+    sent every ``send_interval_s``.
     """
 
-    def __init__(self, log_group: str, stream: str, region: str, endpoint_url: str | None) -> None:
+    def __init__(
+        self,
+        log_group: str,
+        stream: str,
+        region: str,
+        endpoint_url: str | None,
+        send_interval_s: float = 1.0,
+        urgent: Callable[[str], bool] = fallback_urgency,
+    ) -> None:
+        self._urgent = urgent
         import watchtower  # imported lazily: only the shipping path needs it
 
         client: Any = boto3.client(
@@ -37,7 +75,7 @@ class CloudWatchShipper:
             log_group_name=log_group,
             log_stream_name=stream,
             boto3_client=client,
-            send_interval=1,
+            send_interval=send_interval_s,  # type: ignore[arg-type]  # a float works (a deadline sum)
             create_log_group=True,
         )
         # watchtower creates a missing stream lazily from its sender thread and *drops* every record
@@ -52,12 +90,25 @@ class CloudWatchShipper:
         self._logger.propagate = False
         self._logger.addHandler(self._handler)
         self._lock = threading.Lock()
+        self._urgent_at = 0.0
 
     def ship(self, line: str) -> None:
         if not line:
             return  # CloudWatch rejects empty messages
         with self._lock:  # keeps record creation time and queue order consistent across threads
             self._logger.info("%s", line)
+            if self._urgent(line):
+                now = time.monotonic()
+                if now - self._urgent_at >= URGENT_MIN_GAP_S:
+                    self._urgent_at = now
+                    self._send_now()
+
+    def _send_now(self) -> None:
+        """Ask watchtower's sender threads to send what they hold, without waiting for them
+        (``flush()`` would block the caller until CloudWatch answered)."""
+        handler: Any = self._handler
+        for q in list(handler.queues.values()):
+            q.put(handler.FLUSH)
 
     def close(self) -> None:
         """Flush everything queued and stop watchtower's sender threads."""

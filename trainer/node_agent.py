@@ -32,7 +32,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
-from trainer.logship import CloudWatchShipper, KmsgTailer
+from trainer.logship import CloudWatchShipper, KmsgTailer, fallback_urgency, policy_urgency
 
 # After the child exits, keep draining at most this long: grandchildren that outlive it (e.g. orphaned
 # workers) could otherwise hold the pipe open forever.
@@ -147,6 +147,21 @@ class ChildRunner:
         return 128 - rc if rc < 0 else rc
 
 
+def _urgency(dirs: list[Path] | None) -> Callable[[str], bool]:
+    """The shipper's "send this line now" test: the policies' own rules, or a coarse fallback."""
+    try:
+        if dirs is None:
+            from supervisor.config import default_policy_dir
+
+            dirs = [default_policy_dir()]
+        return policy_urgency(dirs)
+    except Exception as exc:  # shipping must go on; it only loses the early send
+        _agent_note(
+            f"urgent-line policies unavailable, using the fallback pattern: {type(exc).__name__}: {exc}"
+        )
+        return fallback_urgency
+
+
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """Split ``argv`` at the first ``--``: agent options before it, the child command after it."""
     if "--" not in argv:
@@ -163,6 +178,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--log-file", type=Path, default=None)
     p.add_argument("--no-cloudwatch", action="store_true")
     p.add_argument("--grace-s", type=float, default=10.0)
+    p.add_argument(
+        "--urgent-policies",
+        type=Path,
+        action="append",
+        default=None,
+        help="policy dir(s) whose rules mark a line to ship at once (default: the shipped packs)",
+    )
     args = p.parse_args(own)
     if not cmd:
         p.error("missing command after --")
@@ -176,7 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     shipper: CloudWatchShipper | None = None
     if not args.no_cloudwatch:
         try:
-            shipper = CloudWatchShipper(args.log_group, args.node, args.region, args.endpoint_url)
+            shipper = CloudWatchShipper(
+                args.log_group,
+                args.node,
+                args.region,
+                args.endpoint_url,
+                urgent=_urgency(args.urgent_policies),
+            )
         except Exception as exc:  # the job must run even when logs cannot be shipped
             _agent_note(f"CloudWatch shipping disabled: {type(exc).__name__}: {exc}")
     sink = LineSink(args.log_file, sys.stdout, shipper)

@@ -48,6 +48,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from supervisor.alert.outbox import Outbox, alert_from_json, alert_id, alert_to_json
+from supervisor.chaos import crash_point
 from supervisor.logs import get_logger
 from supervisor.report.timefmt import iso_utc
 from supervisor.vocabulary import Alert, Severity
@@ -260,6 +261,7 @@ class QueuedAlertSink:
             if not fresh:
                 self._log.info("alert_duplicate_skipped", alert_id=key)
                 return
+            crash_point("alert.recorded")
         with self._lock:
             closed = self._closed
         if closed:
@@ -386,6 +388,7 @@ class QueuedAlertSink:
                             kept_in_outbox=self.outbox is not None)  # fmt: skip
             self._count(False)
             return
+        crash_point("alert.deliver")
         try:
             self._deliver(item)
         except Exception as exc:
@@ -401,6 +404,7 @@ class QueuedAlertSink:
             self._record(item, error)
             self._count(False)
         else:
+            crash_point("alert.sent")
             self._record(item, None)
             self._count(True)
 

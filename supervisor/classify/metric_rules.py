@@ -97,6 +97,9 @@ def _breaches(m: MetricMatch, value: float, reference: float | None) -> bool:
     return False
 
 
+UNIT_TIMES_KEPT = 512  # progress intervals a stalled_steps rule keeps for its p99
+
+
 class MetricWatch:
     """Evaluates metric rules per node. Not thread-safe: one owner (the engine thread) calls it."""
 
@@ -117,6 +120,9 @@ class MetricWatch:
         self._members: frozenset[str] | None = None
         self._blind = False
         self._back_at: float | None = None
+        # stalled_steps rules: recent seconds per unit of progress, job-wide (synchronous training
+        # steps take the same time on every node) and kept across relaunches (the job is the same).
+        self._unit_times: dict[str, deque[float]] = {}
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -191,6 +197,10 @@ class MetricWatch:
                 if math.isnan(value):
                     continue
                 if st.max_value is None or value > st.max_value:
+                    prev_value, prev_at = st.max_value, st.progress_at
+                    if m.stalled_steps is not None and prev_value is not None and prev_at is not None:
+                        times = self._unit_times.setdefault(rule.name, deque(maxlen=UNIT_TIMES_KEPT))
+                        times.append(max(0.0, ts - prev_at) / (value - prev_value))
                     st.max_value = value
                     if st.progress_at is None or ts > st.progress_at:
                         st.progress_at = ts
@@ -254,14 +264,14 @@ class MetricWatch:
                         ev = f"no {m.metric} datapoint for {m.absent_for:g}s ({last}; clock from {start:.3f})"
                         out.append(make_signal(rule, name, start + m.absent_for, ev))
                 elif cond == "stalled_for":
-                    assert m.stalled_for is not None
+                    window = self.stall_window(rule.name, m)
                     start = self._clock(node, st.progress_at)
-                    if now - start >= m.stalled_for:
+                    if now - start >= window:
                         st.fired, st.fired_clock = True, start
                         last = f"last {st.max_value:g}" if st.max_value is not None else "no value seen"
-                        ev = f"{m.metric} not increasing for {m.stalled_for:g}s"
+                        ev = f"{m.metric} not increasing for {window:g}s"
                         ev += f" ({last}; clock from {start:.3f})"
-                        out.append(make_signal(rule, name, start + m.stalled_for, ev))
+                        out.append(make_signal(rule, name, start + window, ev))
                 elif m.for_s > 0 and st.since is not None and now - st.since >= m.for_s:
                     st.fired, st.fired_clock = True, st.since
                     ev = self._threshold_evidence(m, st.last_value, st.reference)
@@ -269,6 +279,17 @@ class MetricWatch:
         order = {r.name: r.order for r, _ in self._rules}
         out.sort(key=lambda s: (s.timestamp, order.get(s.rule, 0), s.node))
         return out
+
+    def stall_window(self, rule: str, m: MetricMatch) -> float:
+        """How long `m` (a stalled_for condition) waits: `stalled_for`, or with `stalled_steps` N,
+        max(stalled_for, N x the p99 of the recent seconds per unit of progress)."""
+        assert m.stalled_for is not None
+        times = self._unit_times.get(rule)
+        if m.stalled_steps is None or not times:
+            return m.stalled_for
+        ordered = sorted(times)
+        p99 = ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+        return max(m.stalled_for, m.stalled_steps * p99)
 
     @staticmethod
     def _threshold_evidence(m: MetricMatch, value: float, reference: float | None = None) -> str:

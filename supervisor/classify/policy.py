@@ -86,7 +86,7 @@ THRESHOLDS = ("above", "below", "above_baseline", "below_baseline", "above_job_m
 """Conditions judged per sample, which may be held for a while (`for`)."""
 RELATIVE = ("above_baseline", "below_baseline", "above_job_median")
 """Conditions judged against a reference over a `baseline` window."""
-MATCH_KEYS = ("log", "metric", *CONDITIONS, "for", "baseline")
+MATCH_KEYS = ("log", "metric", *CONDITIONS, "for", "baseline", "stalled_steps")
 EXAMPLE_KEYS = ("match", "no_match")
 TOP_KEYS = ("rules", "budgets", "disable")
 
@@ -224,7 +224,9 @@ class MetricMatch:
 
     above / below:     the value is > above (< below), held for `for_s` seconds (0 = at once).
     absent_for:        no datapoint for that many seconds.
-    stalled_for:       the value has not increased for that many seconds.
+    stalled_for:       the value has not increased for that many seconds; with `stalled_steps` N,
+                       for max(stalled_for, N x the node's p99 time per unit of increase), so a
+                       job with slow steps (e.g. a 60 s step) is not called hung after one step.
     above_baseline F:  the value is > F x the median of this node's own values over the previous
                        `baseline_s` (a loss spike); needs `MIN_BASELINE_SAMPLES` earlier values.
     below_baseline F:  the value is < F x that median (a throughput drop).
@@ -243,6 +245,7 @@ class MetricMatch:
     above_job_median: float | None = None
     for_s: float = 0.0
     baseline_s: float = 600.0
+    stalled_steps: float | None = None
 
     @property
     def condition(self) -> str:
@@ -550,6 +553,9 @@ def _parse_rule(ck: Checker, doc: Document, path: DataPath, entry: object) -> _R
                     put(f"match.{key}", ck.duration((*mp, key), mm[key], positive=True), (*mp, key))
             if "for" in mm:
                 put("match.for", ck.duration((*mp, "for"), mm["for"]), (*mp, "for"))
+            if "stalled_steps" in mm:
+                sp = (*mp, "stalled_steps")
+                put("match.stalled_steps", ck.number(sp, mm["stalled_steps"], positive=True), sp)
     if "examples" in m:
         ep = (*path, "examples")
         em = ck.mapping(ep, m["examples"], allowed=EXAMPLE_KEYS)
@@ -696,7 +702,9 @@ def _merge_fields(base: dict[str, _Field], over: dict[str, _Field]) -> dict[str,
         out = {k: v for k, v in out.items() if not k.startswith("match.")}
     elif any(f"match.{c}" in over for c in CONDITIONS):
         out = {
-            k: v for k, v in out.items() if k.removeprefix("match.") not in (*CONDITIONS, "for", "baseline")
+            k: v
+            for k, v in out.items()
+            if k.removeprefix("match.") not in (*CONDITIONS, "for", "baseline", "stalled_steps")
         }
     out.update(over)
     return out
@@ -732,7 +740,7 @@ def _build_rule(eff: _Effective, problems: list[Problem]) -> Rule | None:
         report(anchor, "match needs 'log' (a pattern) or 'metric' (a metric name)", match_path)
     match: LogMatch | MetricMatch | None = None
     if is_log and not is_metric:
-        for c in (*cond_keys, "for", "baseline"):
+        for c in (*cond_keys, "for", "baseline", "stalled_steps"):
             if f"match.{c}" in f:
                 report(f[f"match.{c}"], f"'{c}' applies only to metric rules", f[f"match.{c}"].path)
         pattern_field = f["match.log"]
@@ -764,12 +772,15 @@ def _build_rule(eff: _Effective, problems: list[Problem]) -> Rule | None:
             report(f["match.for"], "'for' applies only to " + ", ".join(THRESHOLDS))
         elif "match.baseline" in f and cond_keys[0] not in RELATIVE:
             report(f["match.baseline"], "'baseline' applies only to " + ", ".join(RELATIVE))
+        elif "match.stalled_steps" in f and cond_keys[0] != "stalled_for":
+            report(f["match.stalled_steps"], "'stalled_steps' applies only to stalled_for")
         else:
             c = cond_keys[0]
             match = MetricMatch(
                 metric=f["match.metric"].value,
                 for_s=f["match.for"].value if "match.for" in f else 0.0,
                 baseline_s=f["match.baseline"].value if "match.baseline" in f else 600.0,
+                stalled_steps=f["match.stalled_steps"].value if "match.stalled_steps" in f else None,
                 **{c: f[f"match.{c}"].value},
             )
     if len(problems) != before or match is None:

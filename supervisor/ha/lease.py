@@ -235,7 +235,8 @@ class DynamoDbLease(_Local):
     retried acquire whose first try took effect is recognised by reading the item back (consistent
     read). Expiry compares wall clocks of different machines: keep them NTP-synchronised and keep
     `lease_s` well above the worst skew. The table is created by deployment, not by ftsup
-    (deploy/iam/ftsup-ha.json grants only GetItem and UpdateItem on it).
+    (deploy/dynamodb/ftsup-ha.cfn.yaml; deploy/iam/ftsup-ha.json grants GetItem and UpdateItem on it,
+    and ConditionCheckItem for the action ledger's fenced transactions).
     """
 
     def __init__(
@@ -320,9 +321,7 @@ class DynamoDbLease(_Local):
                 if holder != self.holder or expires < now:
                     return None
             if token != self._token:
-                log.info(
-                    "lease acquired", kind="dynamodb", table=self.table, holder=self.holder, token=token
-                )
+                log.info("lease acquired", kind="dynamodb", table=self.table, holder=self.holder, token=token)
             self._held(token, sent)
             return token
 

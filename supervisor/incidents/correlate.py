@@ -6,8 +6,17 @@ which incidents are ready to be decided.
 Why a settle window: the failing line and its consequences reach CloudWatch from different
 nodes at different moments (an Xid 79 on node-1 may be ingested after the collective timeouts
 it causes on node-0). Deciding on the first line would restart instead of cordoning. So an
-incident gathers signals for `settle_s` after it opens before it is decided, unless its best
-candidate is already a hardware cause, which nothing can outrank.
+incident gathers signals before it is decided, unless its best candidate is already a hardware
+cause, which nothing can outrank.
+
+The window is measured from when the first failing line was *written* (its event time), not from
+when ftsup received it: the other nodes' lines about the same failure are written within moments
+of it and travel the same path with the same delay, so waiting `settle_s` after receipt would
+count that delay twice. The deadline is `first line's time + settle_s`, clamped to
+[receipt, receipt + settle_s]: a node clock that runs ahead (or a line that arrives very late)
+never makes an incident wait longer than a receipt-time window would, and one that arrives after
+its deadline is decided at once. Size `settle_s` above the spread of your shippers' flush delays
+(the node agent ships failure-looking lines at once; the CloudWatch agent batches every 5 s).
 """
 
 from __future__ import annotations
@@ -39,7 +48,8 @@ def is_decisive(signal: Signal) -> bool:
 @dataclass
 class _Open:
     attempt: int
-    opened_wall: float  # when the engine saw the first signal (settle is measured in wall time)
+    opened_wall: float  # when the engine saw the first signal
+    deadline: float  # when it is decided at the latest (see the module docstring)
     signals: list[Signal] = field(default_factory=list)
 
 
@@ -48,7 +58,7 @@ class Correlator:
 
     Contract:
     - `add(signals, attempt, now)`: signals of the given job attempt. Noise alone opens nothing.
-    - `ready(now)`: incidents whose settle window has passed (or whose root cause is decisive);
+    - `ready(now)`: incidents whose settle deadline has passed (or whose root cause is decisive);
       each is returned once and then forgotten: the engine owns what happens next.
     - `pending()`: True while an incident is gathering signals (the engine holds the source
       cursor back meanwhile, so a crash re-reads those lines).
@@ -69,15 +79,15 @@ class Correlator:
             if self._open is None:
                 if not opens_incident(signal):
                     continue  # noise joins an open incident as evidence, but alone it is nothing
-                self._open = _Open(attempt=attempt, opened_wall=now)
+                deadline = min(max(signal.timestamp + self._settle_s, now), now + self._settle_s)
+                self._open = _Open(attempt=attempt, opened_wall=now, deadline=deadline)
             self._open.signals.append(signal)
         return flushed
 
     def ready(self, now: float) -> list[Incident]:
         if self._open is None:
             return []
-        waited = now - self._open.opened_wall
-        if waited >= self._settle_s or any(is_decisive(s) for s in self._open.signals):
+        if now >= self._open.deadline or any(is_decisive(s) for s in self._open.signals):
             return self._close()
         return []
 

@@ -22,6 +22,11 @@ ftsup_job_attempt                        training_job    gauge     current attem
 ftsup_degraded                           -               gauge     1 when any source is down
 ftsup_detection_latency_seconds          -               histogram first line of an incident written
                                                                    (event time) -> its decision
+ftsup_api_budget_waits_total             -               counter   AWS call attempts that waited for a
+                                                                   token of the call budget
+ftsup_api_budget_wait_seconds_total      -               counter   seconds waited for those tokens
+ftsup_api_budget_denied_total            -               counter   attempts refused: no token within
+                                                                   their retry budget (read as throttled)
 
 The supervised job's name is the label `training_job`, not `job`: Prometheus sets `job` on every
 scraped series to the scrape job's name (and would rename ours to `exported_job`).
@@ -152,6 +157,21 @@ class SupervisorMetrics:
         self.degraded = Gauge(
             "ftsup_degraded", "1 when any source is down: absence rules are suspended.", registry=registry
         )
+        self.budget_waits = Counter(
+            "ftsup_api_budget_waits",
+            "AWS call attempts that waited for a token of the call budget (aws.max_calls_per_s).",
+            registry=registry,
+        )
+        self.budget_wait_s = Counter(
+            "ftsup_api_budget_wait_seconds",
+            "Seconds AWS call attempts waited for a token of the call budget.",
+            registry=registry,
+        )
+        self.budget_denied = Counter(
+            "ftsup_api_budget_denied",
+            "AWS call attempts refused by the call budget (no token within their retry budget).",
+            registry=registry,
+        )
         self.latency = Histogram(
             "ftsup_detection_latency_seconds",
             "Seconds from an incident's first line written (event time of its first signal) to its decision.",
@@ -243,6 +263,15 @@ class SupervisorMetrics:
 
     def attempt(self, job: str, n: int) -> None:
         self.job_attempt.labels(training_job=job).set(n)
+
+    def api_budget_wait(self, seconds: float) -> None:
+        """An AWS call attempt waits `seconds` for a budget token (`BudgetObserver`)."""
+        self.budget_waits.inc()
+        self.budget_wait_s.inc(max(0.0, seconds))
+
+    def api_budget_denied(self) -> None:
+        """An AWS call attempt got no budget token within its retry budget (`BudgetObserver`)."""
+        self.budget_denied.inc()
 
     def detection_latency(self, seconds: float) -> None:
         # Clock skew between a node and the supervisor can make this slightly negative; clamp it

@@ -8,6 +8,11 @@ Contracts:
   timeout errors). Access denied, validation, missing resources and quota exhaustion
   (`LimitExceededException`, e.g. out of Live Tail sessions) are final.
 - `ApiCallCounter` counts attempts (what the account's API quota sees), not logical calls.
+- `RateBudget` (`aws.max_calls_per_s`) is a token bucket shared by every AWS call of one daemon:
+  it rides on the daemon's one `ApiCallCounter`, and `call_with_retry` takes a token before every
+  attempt (retries included), waiting at most what is left of the call's retry budget. No token in
+  time raises `ApiBudgetExhausted`, a throttling ClientError that callers handle like AWS's own
+  throttling (a source reports itself blind), and that `call_with_retry` does not retry.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, overload
 
 import boto3
 import structlog
@@ -46,8 +51,12 @@ if TYPE_CHECKING:
     from mypy_boto3_logs import CloudWatchLogsClient
 
 __all__ = [
+    "ApiBudgetExhausted",
     "ApiCallCounter",
     "AwsSettings",
+    "BudgetObserver",
+    "BudgetStats",
+    "RateBudget",
     "call_with_retry",
     "client_config",
     "describe_error",
@@ -128,6 +137,7 @@ def make_client(service: str, settings: AwsSettings, *, session: boto3.session.S
 
 _THROTTLING_CODES = frozenset(
     {
+        "ApiCallBudgetExhausted",  # our own budget (RateBudget): a throttle, seen from the caller
         "Throttling",
         "ThrottlingException",
         "ThrottledException",
@@ -215,12 +225,148 @@ def describe_error(exc: BaseException) -> str:
 # ----------------------------------------------------------------------------- counting
 
 
-class ApiCallCounter:
-    """Thread-safe counts of API attempts by name (e.g. "FilterLogEvents")."""
+class BudgetObserver(Protocol):
+    """Told about waits and refusals of a `RateBudget` (SupervisorMetrics implements it)."""
 
-    def __init__(self) -> None:
+    def api_budget_wait(self, seconds: float) -> None: ...
+
+    def api_budget_denied(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStats:
+    """What a `RateBudget` has done: tokens granted (at once or after a wait), attempts that
+    waited and for how long in all, and attempts refused (no token within their retry budget)."""
+
+    granted: int
+    waited: int
+    wait_s: float
+    denied: int
+
+
+class RateBudget:
+    """A thread-safe token bucket: `rate_per_s` tokens a second, at most `burst` saved up.
+
+    Contract: over any interval of length T, at most `burst + rate_per_s * T` tokens are granted
+    (a grant is the moment `acquire` returns), however many threads ask. Waiters are served in the
+    order they asked: a caller that must wait reserves the next free slot (the bucket goes into
+    debt) and sleeps until it, so a steady stream of new callers cannot starve an older one.
+    `acquire(timeout_s)` never waits longer than `timeout_s`: when the next free slot is further
+    away it reserves nothing and returns None at once.
+
+    Hand-written rather than a library: the limit on each wait is the caller's *remaining* retry
+    budget (it changes per attempt, which pyrate-limiter's per-limiter `max_delay` cannot say), and
+    the clock and sleep are injectable so tests need no real time.
+    """
+
+    def __init__(
+        self,
+        rate_per_s: float,
+        burst: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        observer: BudgetObserver | None = None,
+    ) -> None:
+        if not rate_per_s > 0:
+            raise ValueError(f"rate_per_s must be > 0, got {rate_per_s}")
+        if burst < 1:
+            raise ValueError(f"burst must be >= 1, got {burst}")
+        self.rate_per_s = float(rate_per_s)
+        self.burst = int(burst)
+        self.observer = observer
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._tokens = float(burst)  # starts full; negative = slots reserved by waiters
+        self._at = clock()
+        self._granted = 0
+        self._waited = 0
+        self._wait_s = 0.0
+        self._denied = 0
+
+    def acquire(self, timeout_s: float) -> float | None:
+        """Take one token, waiting for it at most `timeout_s` seconds.
+
+        Returns the seconds waited (0.0 when a token was there), or None when no token can be had
+        within `timeout_s` (then nothing is reserved and the call returns at once).
+        """
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(float(self.burst), self._tokens + (now - self._at) * self.rate_per_s)
+            self._at = now
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                self._granted += 1
+                return 0.0
+            wait = (1.0 - self._tokens) / self.rate_per_s
+            if wait > timeout_s:
+                self._denied += 1
+                denied = True
+            else:
+                self._tokens -= 1.0  # reserve the next slot
+                self._granted += 1
+                self._waited += 1
+                self._wait_s += wait
+                denied = False
+        observer = self.observer
+        if denied:
+            if observer is not None:
+                observer.api_budget_denied()
+            return None
+        if observer is not None:
+            observer.api_budget_wait(wait)
+        self._sleep(wait)
+        return wait
+
+    def stats(self) -> BudgetStats:
+        with self._lock:
+            return BudgetStats(self._granted, self._waited, self._wait_s, self._denied)
+
+
+class ApiBudgetExhausted(ClientError):
+    """No token of this daemon's `RateBudget` within what was left of a call's retry budget.
+
+    A ClientError with code "ApiCallBudgetExhausted" and HTTP status 429, so that every caller
+    handles it as AWS's own throttling: `is_retryable` says yes (try again later: an SNS alert stays
+    pending, a source reports itself blind and re-reads next poll), while `call_with_retry` does not
+    retry it (the call's retry budget is what ran out).
+    """
+
+    CODE = "ApiCallBudgetExhausted"
+
+    def __init__(self, op: str, message: str) -> None:
+        response: dict[str, Any] = {
+            "Error": {"Code": self.CODE, "Message": message},
+            "ResponseMetadata": {"HTTPStatusCode": 429},  # the status AWS gives a throttled call
+        }
+        super().__init__(response, op)  # type: ignore[arg-type]  # botocore's TypedDict wants every key
+
+    def __reduce__(self) -> tuple[type[ApiBudgetExhausted], tuple[str, str]]:
+        # ClientError pickles as (response, operation_name): not this constructor's arguments.
+        return ApiBudgetExhausted, (self.operation_name, str(self.response["Error"].get("Message", "")))
+
+
+class ApiCallCounter:
+    """Thread-safe counts of API attempts by name (e.g. "FilterLogEvents").
+
+    `budget`, when set, is the `RateBudget` that `call_with_retry` calls of the operations in
+    `budgeted_ops` (None: every operation) given this counter draw from: one counter per daemon, so
+    one budget shared by all of its sources. The daemon budgets the sources' reads only: an action,
+    an alert or a lease renewal must never wait behind a backlog of log pages.
+    """
+
+    def __init__(self, budget: RateBudget | None = None, budgeted_ops: frozenset[str] | None = None) -> None:
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {}
+        self.budget = budget
+        self.budgeted_ops = budgeted_ops
+
+    def budget_for(self, op: str) -> RateBudget | None:
+        """The budget a call of `op` draws from, if any."""
+        if self.budget is None or (self.budgeted_ops is not None and op not in self.budgeted_ops):
+            return None
+        return self.budget
 
     def inc(self, api: str, n: int = 1) -> None:
         with self._lock:
@@ -281,12 +427,30 @@ def call_with_retry(
     first; then the last error is re-raised unchanged. Non-retryable errors are raised
     at once. Each attempt is counted under `op` in `counter`. `sleep` and `monotonic` are
     injectable so tests can run budgets without waiting.
+
+    With a budget for `op` (`counter.budget_for`), every attempt first takes a token from it,
+    waiting at most what is left of `settings.retry_budget_s`; none in time raises
+    `ApiBudgetExhausted` (not retried here, not counted as an attempt: it never reached AWS).
     """
+    budget = counter.budget_for(op) if counter is not None else None
+    started = monotonic()
 
     def attempt() -> T:
+        if budget is not None:
+            left = max(0.0, settings.retry_budget_s - (monotonic() - started))
+            if budget.acquire(left) is None:
+                log.warning("aws.budget.exhausted", op=op, rate_per_s=budget.rate_per_s, waited_up_to_s=left)
+                raise ApiBudgetExhausted(
+                    op,
+                    f"no API call token within {left:.1f} s (aws.max_calls_per_s {budget.rate_per_s:g}, "
+                    f"burst {budget.burst})",
+                )
         if counter is not None:
             counter.inc(op)
         return fn()
+
+    def should_retry(exc: BaseException) -> bool:
+        return is_retryable(exc) and not isinstance(exc, ApiBudgetExhausted)
 
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
@@ -303,7 +467,7 @@ def call_with_retry(
         stop=stop_after_attempt(settings.max_attempts)
         | _stop_when_budget_spent(settings.retry_budget_s, monotonic),
         wait=wait_random_exponential(multiplier=0.2, max=5),
-        retry=retry_if_exception(is_retryable),
+        retry=retry_if_exception(should_retry),
         before_sleep=before_sleep,
         reraise=True,
     )

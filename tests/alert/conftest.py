@@ -16,6 +16,7 @@ from supervisor.local_alertmanager import EmbeddedAlertmanager, alertmanager_bin
 
 ALERTMANAGER_BIN = alertmanager_binary()
 
+
 @pytest.fixture(scope="module")
 def alertmanager(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedAlertmanager]:
     """Debian's prometheus-alertmanager on a free loopback port with the throw-away config of

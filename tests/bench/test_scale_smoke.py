@@ -1,4 +1,7 @@
-"""bench/scale.py --quick --json: the scale benchmark runs end to end and prints a sane JSON object."""
+"""bench/scale.py --quick --json: the scale benchmark runs end to end and prints a sane JSON object.
+
+Typical runtime: about 50 s (one 24 s run of 64 nodes plus the drain that lets the late sweep read the
+slow node's failure)."""
 
 from __future__ import annotations
 
@@ -11,9 +14,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-
-POLL_LOGS_S = 2.0
-POLL_METRICS_S = 5.0
 
 
 @pytest.mark.slow
@@ -30,7 +30,7 @@ def test_scale_quick_json_shape_and_sanity() -> None:
     rows = out["scale"]
     assert isinstance(rows, list) and rows
     for row in rows:
-        ctx = json.dumps(row)[-4000:]
+        ctx = json.dumps({k: v for k, v in row.items() if k != "how"})[-4000:]
         for key in (
             "nodes",
             "events_per_s",
@@ -43,34 +43,30 @@ def test_scale_quick_json_shape_and_sanity() -> None:
         ):
             assert isinstance(row[key], int | float) and row[key] > 0, (key, row[key])
         how = row["how"].lower()
-        assert "extrapolated" in how and "measured" in how and "engine alone" in how, ctx
+        assert "measured end to end" in how and "extrapolated" in how, ctx
         assert row["rss_mib_start"] <= row["rss_mib"] and row["rss_mib_end"] <= row["rss_mib"], ctx
         assert row["rss_mib"] < 1024, ctx
         n = row["nodes"]
+        e2e, ext = row["end_to_end"], row["extrapolated"]
 
-        # Extrapolated FilterLogEvents calls/s: whole pages per poll interval.
-        ext = row["extrapolated"]
-        pages = ext["pages_per_scan"]
-        assert pages == math.ceil(ext["events_per_scan"] / ext["events_per_page"]), ctx
-        assert row["filter_calls_per_s"] == pytest.approx(pages / POLL_LOGS_S, abs=0.01), ctx
-        assert ext["filter_calls_per_s_with_policy_filter_pattern"] == pytest.approx(1 / POLL_LOGS_S), ctx
-        assert ext["get_metric_data_calls_per_s"] == pytest.approx(math.ceil(6 * n / 500) / POLL_METRICS_S), (
-            ctx
-        )
+        # Every injected failure was decided, the one on a slow node by the late sweep, within its bound:
+        # searchable 15 s late, then at most a sweep interval, a poll and paging.
+        assert e2e["failures_missed"] == 0 and e2e["logs_up"], ctx
+        assert len(e2e["decision_latency_slow_node_s"]) == 1, ctx
+        assert 15.0 <= e2e["decision_latency_slow_node_s"][0] < 15.0 + 15.0 + 10.0, ctx
+        assert 0 < row["decision_p50_s"] <= row["decision_p99_s"] < 15.0, ctx
 
-        # Measured end to end over moto: at least one call per poll, never wildly more than the paging allows.
-        e2e = row["end_to_end_moto"]
-        polls = e2e["seconds"] / POLL_LOGS_S
-        assert e2e["filter_calls_per_s"] >= 0.5 / POLL_LOGS_S, ctx
-        assert e2e["filter_calls_per_s"] * POLL_LOGS_S <= e2e["pages_per_poll_max"] + 1, ctx
-        assert e2e["filter_calls_per_s"] * e2e["seconds"] >= 0.5 * polls, ctx
-        gmd_per_poll = row["get_metric_data_calls_per_s"] * POLL_METRICS_S
+        # The filter pattern is the derived one and passes a minority of the healthy stream; progress is
+        # read from the step metric; every line written was covered (the daemon kept up).
+        assert 0 < e2e["filter_pattern_chars"] <= 1024 and 0 < e2e["filter_pass_rate"] < 0.5, ctx
+        assert e2e["progress_metric"] == "step", ctx
+        assert e2e["events_delivered"] >= 0.9 * e2e["filter_pass_rate"] * e2e["lines_written"], ctx
+
+        # Calls: at least one FilterLogEvents per 1 s poll, never more than the paging allows; the
+        # filter keeps a small job at about one call per poll plus the sweeps.
+        polls = e2e["seconds"]
+        assert e2e["filter_calls_total"] >= 0.5 * polls, ctx
+        assert 0.5 <= row["filter_calls_per_s"] <= 4.0, ctx
+        assert ext["filter_calls_per_s_no_filter"] >= ext["filter_calls_per_s_with_filter"], ctx
+        gmd_per_poll = row["get_metric_data_calls_per_s"] * 5.0
         assert 0.5 * math.ceil(6 * n / 500) <= gmd_per_poll <= 2 * math.ceil(6 * n / 500), ctx
-        assert e2e["events_per_s"] > 0 and e2e["log_events"] > 0, ctx
-        assert e2e["failures_missed"] == 0, ctx
-
-        # The engine at full rate saw every injected failure and kept up with the offered load.
-        eng = row["engine_full_rate"]
-        assert eng["failures_missed"] == 0 and eng["kept_up"], ctx
-        assert eng["engine_capacity_events_per_s"] >= eng["offered_lines_per_s_steady"], ctx
-        assert 0 < row["decision_p50_s"] <= row["decision_p99_s"] < 30, ctx

@@ -139,8 +139,17 @@ class FileLogs:
 def main() -> int:
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     workdir, hang, run_s = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
-    policy = load_policies([default_policy_dir()])
     journal = Journal(workdir / "journal.db")
+    leadership = Leadership(FileLease(workdir / "lease", lease_s=LEASE_S), renew_every_s=RENEW_S)
+    config = Config(job=JobConfig(JOB, "group"), mode=Mode.ACT)
+    return run_replica(workdir, hang, run_s, config, journal, leadership)
+
+
+def run_replica(
+    workdir: Path, hang: str, run_s: float, config: Config, journal: Journal, leadership: Leadership
+) -> int:
+    """The real Daemon HA path around the file-state job, until `run_s` passes or SIGTERM."""
+    policy = load_policies([default_policy_dir()])
     actuator = FileJob(workdir, hang)
 
     def make_engine() -> Engine:
@@ -150,8 +159,6 @@ def main() -> int:
         engine.add_source(FileLogs(workdir / "logs.jsonl"), 0.2)
         return engine
 
-    leadership = Leadership(FileLease(workdir / "lease", lease_s=LEASE_S), renew_every_s=RENEW_S)
-    config = Config(job=JobConfig(JOB, "group"), mode=Mode.ACT)
     daemon = Daemon(
         config, policy, make_engine(), journal, actuator, CollectorRegistry(), ApiCallCounter(),
         leadership=leadership, make_engine=make_engine,

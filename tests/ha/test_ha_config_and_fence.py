@@ -36,6 +36,10 @@ def test_ha_section_loads(tmp_path: Path) -> None:
     assert (f.kind, f.lease_s, f.renew_every_s, f.path) == ("file", 9.0, 3.0, tmp_path / "lease")
     d = _load(tmp_path, "ha: {kind: dynamodb, table: ftsup-leases, renew_every_s: 2}\n").ha
     assert (d.kind, d.table, d.renew_every_s) == ("dynamodb", "ftsup-leases", 2.0)
+    assert d.ledger_table == "ftsup-leases-actions"  # the default of deploy/dynamodb/ftsup-ha.cfn.yaml
+    d = _load(tmp_path, "ha: {kind: dynamodb, table: leases, ledger_table: actions}\n").ha
+    assert (d.table, d.ledger_table) == ("leases", "actions")
+    assert f.ledger_table is None and none.ha.ledger_table is None
 
 
 def test_ha_section_problems_name_file_line_and_column(tmp_path: Path) -> None:
@@ -47,6 +51,12 @@ def test_ha_section_problems_name_file_line_and_column(tmp_path: Path) -> None:
     assert any("table" in p for p in out), out
     out = _problems(tmp_path, "ha: {kind: file, lease_s: 5, renew_every_s: 5, table: t1x}\n")
     assert any("renew_every_s" in p for p in out) and any("ha.table" in p for p in out), out
+    out = _problems(tmp_path, "ha:\n  kind: file\n  ledger_table: actions\n")
+    assert any(p.startswith("ftsup.yaml:4:3") and "ha.ledger_table" in p for p in out), out
+    out = _problems(tmp_path, "ha:\n  kind: dynamodb\n  table: leases\n  ledger_table: leases\n")
+    assert any(p.startswith("ftsup.yaml:5:17") and "must differ" in p for p in out), out
+    out = _problems(tmp_path, "ha:\n  kind: dynamodb\n  table: leases\n  ledger_table: a b\n")
+    assert any(p.startswith("ftsup.yaml:5:17") and "DynamoDB table name" in p for p in out), out
 
 
 class OneJob:
@@ -74,11 +84,15 @@ class OneJob:
 
 
 class Fence:
-    def __init__(self, token: int | None) -> None:
+    def __init__(self, token: int | ActionResult | None) -> None:
         self.token = token
+        self.recorded: list[tuple[Action, ActionResult]] = []
 
-    def admit(self, action: Action) -> int | None:
+    def admit(self, action: Action) -> int | ActionResult | None:
         return self.token
+
+    def record(self, action: Action, result: ActionResult) -> None:
+        self.recorded.append((action, result))
 
 
 @pytest.mark.parametrize("token", [None, 7])
@@ -93,10 +107,32 @@ def test_the_action_thread_applies_only_what_the_fence_admits(tmp_path: Path, to
     engine._actions.put(action)
     engine._actions.put(None)
     engine._action_loop()
+    fence = engine.fence
+    assert isinstance(fence, Fence)
     if token is None:
         assert actuator.applied == [] and engine._inbox.empty()  # dropped: nothing journaled
+        assert fence.recorded == []
     else:
         assert actuator.applied == [action]
         _, result = engine._inbox.get_nowait()  # type: ignore[misc]
         assert result.detail == "done [lease token 7]"
+        assert fence.recorded == [(action, result)]  # the result goes to the ledger too
+    engine.journal.close()
+
+
+def test_an_action_the_ledger_recorded_as_done_is_not_applied_again(tmp_path: Path) -> None:
+    actuator = OneJob()
+    engine = Engine(
+        job="job", policy=load_policies([default_policy_dir()]), journal=Journal(tmp_path / "j.db"),
+        actuator=actuator, mode=Mode.ACT,
+    )  # fmt: skip
+    recorded = ActionResult("inc-1:restart", True, "restarted [lease token 1] [recorded ...]", 1.0, 2.0, 1)
+    fence = Fence(recorded)
+    engine.fence = fence
+    action = Action(Verdict.RESTART, "job", "inc-1", "inc-1:restart")
+    engine._actions.put(action)
+    engine._actions.put(None)
+    engine._action_loop()
+    assert actuator.applied == [] and fence.recorded == []
+    assert engine._inbox.get_nowait() == (action, recorded)  # completed with the recorded result
     engine.journal.close()

@@ -60,3 +60,25 @@ def test_a_new_attempt_closes_the_open_incident_of_the_old_one() -> None:
     assert [i.attempt for i in flushed] == [0]
     (inc,) = c.ready(T0 + 7)
     assert inc.attempt == 1
+
+
+def test_the_window_counts_from_when_the_first_line_was_written_not_received() -> None:
+    # Written at T0, received 1.5 s later (shipping + ingestion + poll): 0.5 s of a 2 s window remain.
+    c = Correlator("job", settle_s=2)
+    c.add([signal(node="node-0", at=0.0)], attempt=0, now=T0 + 1.5)
+    assert c.ready(T0 + 1.99) == []
+    (inc,) = c.ready(T0 + 2.0)
+    assert inc.root_cause.node == "node-0"
+
+
+def test_a_line_received_after_its_deadline_is_decided_at_once() -> None:
+    c = Correlator("job", settle_s=2)
+    c.add([signal(node="node-0", at=0.0)], attempt=0, now=T0 + 30)  # e.g. a source catching up
+    assert len(c.ready(T0 + 30)) == 1
+
+
+def test_a_node_clock_ahead_never_stretches_the_window_beyond_settle_after_receipt() -> None:
+    c = Correlator("job", settle_s=2)
+    c.add([signal(node="node-0", at=600.0)], attempt=0, now=T0)  # node clock 10 min ahead
+    assert c.ready(T0 + 1.9) == []
+    assert len(c.ready(T0 + 2.0)) == 1

@@ -201,7 +201,7 @@ LINE_POOL = (
     "torch.distributed.DistBackendError: NCCL error in: ProcessGroupNCCL.cpp:1970",
     "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB",
     "[rank1]: Traceback (most recent call last):",
-    "[rank1]:   File \"a.py\", line 1, in f",
+    '[rank1]:   File "a.py", line 1, in f',
     "[rank1]: ValueError: x",
     "\x1b[31mValueError: coloured\x1b[0m",
     "progress 45%|████▌     | 12/100\r 46%|████▋     | 13/100",
