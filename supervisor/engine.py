@@ -362,15 +362,7 @@ class Engine:
             if self.fence is not None:
                 self._actions.put(action)
                 continue
-            assert self.actuator is not None
-            crash_point("action.apply")
-            try:
-                result = self.actuator.apply(action)
-            except Exception as exc:  # the actuator contract says it does not raise; be safe anyway
-                now = self.clock()
-                result = ActionResult(action.idempotency_key, False, f"actuator raised: {exc!r}", now, now)
-            crash_point("action.applied")
-            self.complete_action(action, result)
+            self.complete_action(action, self._apply(action))
 
     # ------------------------------------------------------------------ threads
 
@@ -386,6 +378,18 @@ class Engine:
             crash_point("poll.batch")
             self._inbox.put(batch)
             self._stop.wait(max(0.0, interval - (time.monotonic() - started)))
+
+    def _apply(self, action: Action) -> ActionResult:
+        """`actuator.apply`, never raising (the actuator contract says it does not; be safe anyway)."""
+        assert self.actuator is not None
+        crash_point("action.apply")
+        try:
+            result = self.actuator.apply(action)
+        except Exception as exc:
+            now = self.clock()
+            result = ActionResult(action.idempotency_key, False, f"actuator raised: {exc!r}", now, now)
+        crash_point("action.applied")
+        return result
 
     def _action_loop(self) -> None:
         while True:
@@ -406,13 +410,7 @@ class Engine:
                     self._inbox.put((action, admitted))
                     continue
                 token = admitted
-            crash_point("action.apply")
-            try:
-                result = self.actuator.apply(action)
-            except Exception as exc:  # the actuator contract says it does not raise; be safe anyway
-                now = self.clock()
-                result = ActionResult(action.idempotency_key, False, f"actuator raised: {exc!r}", now, now)
-            crash_point("action.applied")
+            result = self._apply(action)
             if token is not None and self.fence is not None:
                 result = replace(result, detail=f"{result.detail} [lease token {token}]")
                 self.fence.record(action, result)
