@@ -637,11 +637,21 @@ class Engine:
     def complete_action(self, action: Action, result: ActionResult) -> None:
         """An action finished: journal its result, adopt the job's new shape, alert. One transaction:
         a crash never leaves a journaled result whose relaunch or alert was not recorded (reconcile
-        would not look at that action again, and its page would be lost)."""
+        would not look at that action again, and its page would be lost). The job is observed before
+        the transaction: a scheduler query (squeue, the Kubernetes API) must not hold the journal's
+        write lock."""
+        seen = None
+        if (
+            self.actuator is not None
+            and action.kind is not Verdict.HALT
+            and result.ok
+            and result.attempt is not None
+        ):
+            seen = self.actuator.observe()
         with self.journal.transaction():
-            self._complete_action(action, result)
+            self._complete_action(action, result, seen)
 
-    def _complete_action(self, action: Action, result: ActionResult) -> None:
+    def _complete_action(self, action: Action, result: ActionResult, seen: JobObservation | None) -> None:
         now = self.clock()
         self.journal.add_result(result)
         crash_point("action.result")
@@ -659,16 +669,19 @@ class Engine:
             elif action.kind is Verdict.CORDON_AND_RESTART and result.ok and action.node:
                 self._state.job = replace(job, cordons=(*job.cordons, now))
         if action.kind is not Verdict.HALT and result.ok and result.attempt is not None:
-            self._after_relaunch(result, cause=action.incident_id)
+            self._after_relaunch(result, cause=action.incident_id, seen=seen)
         elif self.actuator is not None and action.kind is not Verdict.HALT and not result.ok:
             # The job may be down and nothing more will come from it: a human must look.
             self._state.job = replace(self._state.job, halted=True)
         if handled is not None:
             self._alert(handled.incident, handled.decision, result, now)
 
-    def _after_relaunch(self, result: ActionResult, cause: str | None) -> None:
+    def _after_relaunch(
+        self, result: ActionResult, cause: str | None, seen: JobObservation | None = None
+    ) -> None:
         assert self.actuator is not None
-        seen = self.actuator.observe()
+        if seen is None:
+            seen = self.actuator.observe()
         if cause is not None:
             self.journal.update_attempt(
                 self.job, self._state.job.attempt, ended_at=result.started_at, end_reason=cause
