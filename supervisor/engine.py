@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import re2
 import structlog
 
-from supervisor.act.base import Actuator
+from supervisor.act.base import Actuator, observed_done
 from supervisor.alert.base import AlertSink
 from supervisor.alert.build import AlertContext, build_alert, resolve_alert
 from supervisor.chaos import crash_point
@@ -83,17 +83,6 @@ def _safe_event(event: LogEvent) -> LogEvent:
     if node.isascii():
         return event
     return replace(event, node=node.encode("utf-8", "replace").decode("utf-8"))
-
-
-def intent_done(action: Action, attempt: int, seen: JobObservation) -> bool:
-    """Whether the target shows `action`, intended while the job ran `attempt`, carried out: a halt
-    when the job no longer runs; a relaunch when the job runs a newer attempt (for a cordon, one
-    without the cordoned node). What reconcile() uses instead of retrying blindly."""
-    if action.kind is Verdict.HALT:
-        return not seen.running
-    if seen.attempt <= attempt:
-        return False
-    return action.kind is not Verdict.CORDON_AND_RESTART or action.node not in seen.nodes
 
 
 METRICS_SOURCE = "metrics"  # the name of the source whose health gates the metric rules
@@ -323,7 +312,7 @@ class Engine:
 
     def reconcile(self) -> None:
         """Settle each intent journaled without a result (the daemon died mid-action) by observing
-        the target before any retry (`intent_done`): an action visibly done is journaled as done and
+        the target before any retry (`observed_done`): an action visibly done is journaled as done and
         never repeated; one visibly not done is carried out now, under the same idempotency key (with
         a fence: queued for the action thread, which admits it). Either way it completes like any
         action: result, relaunched attempt and alert (the outbox drops an alert recorded before).
@@ -345,7 +334,7 @@ class Engine:
                 self._state.handled[incident.incident_id] = Handled(incident, decisions[-1].decision)
                 # Completion ends the attempt the intent was made in and adopts the observed one.
                 self._state.job = replace(self._state.job, attempt=incident.attempt)
-            if intent_done(action, incident.attempt, seen):
+            if observed_done(action.kind.value, action.node, incident.attempt, seen):
                 detail = (
                     f"done before the daemon restarted: observed attempt {seen.attempt} "
                     f"running={seen.running} on {', '.join(seen.nodes)}; not repeated"

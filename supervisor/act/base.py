@@ -5,7 +5,24 @@ from __future__ import annotations
 from collections.abc import Callable, MutableMapping
 from typing import Protocol
 
-from supervisor.vocabulary import Action, ActionResult, JobObservation
+from supervisor.vocabulary import Action, ActionResult, JobObservation, Verdict
+
+LAUNCH_KIND = "launch"
+"""The kind of a job's first launch where actions and launches are kept side by side (HA ledger)."""
+
+
+def observed_done(kind: str, node: str | None, attempt: int | None, seen: JobObservation) -> bool:
+    """Whether the target shows an action of `kind` (a Verdict value, or `LAUNCH_KIND`), intended
+    while the job ran `attempt`, carried out: a launch when the job runs; a halt when it no longer
+    runs; a relaunch when it runs a newer attempt (for a cordon, one without `node`). What settling
+    an intent left without a result uses (after a crash, on an HA takeover) instead of retrying."""
+    if kind == LAUNCH_KIND:
+        return seen.running
+    if kind == Verdict.HALT.value:
+        return not seen.running
+    if attempt is None or seen.attempt <= attempt:
+        return False
+    return kind != Verdict.CORDON_AND_RESTART.value or node not in seen.nodes
 
 
 class Actuator(Protocol):

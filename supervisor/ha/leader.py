@@ -25,9 +25,9 @@ from dataclasses import replace
 
 import structlog
 
-from supervisor.act.base import Actuator
+from supervisor.act.base import LAUNCH_KIND, Actuator, observed_done
 from supervisor.ha.lease import Lease
-from supervisor.ha.ledger import LAUNCH_KIND, ActionLedger, Entry, Intent, Outcome
+from supervisor.ha.ledger import ActionLedger, Entry, Intent, Outcome
 from supervisor.journal import Journal
 from supervisor.vocabulary import Action, ActionResult, JobObservation, Verdict
 
@@ -253,16 +253,6 @@ class Leadership:
         self.token = None
 
 
-def _done(kind: str, before: int | None, seen: JobObservation) -> bool:
-    """Whether the target shows the action done: a relaunch runs a newer attempt than the incident's,
-    a halted job no longer runs, a launched job runs."""
-    if kind == LAUNCH_KIND:
-        return seen.running
-    if kind == Verdict.HALT.value:
-        return not seen.running
-    return before is not None and seen.attempt > before
-
-
 def _done_result(key: str, seen: JobObservation, now: float) -> ActionResult:
     return ActionResult(
         key,
@@ -353,7 +343,7 @@ def settle_ledger(
         now = clock()
         if isinstance(got, ActionResult):
             result = got  # its old owner recorded it after all
-        elif _done(intent.kind, intent.attempt, seen):
+        elif observed_done(intent.kind, intent.node, intent.attempt, seen):
             result = _done_result(intent.key, seen, now)
         else:
             result = _carry_out(actuator, intent, got, clock)
@@ -413,7 +403,7 @@ def settle_pending(
         before = incident.attempt if incident is not None else None
         intent = Intent.of(action, before)
         now = clock()
-        if _done(intent.kind, before, seen):
+        if observed_done(intent.kind, intent.node, before, seen):
             result = _done_result(action.idempotency_key, seen, now)
         else:
             admitted = leadership.admit(action)

@@ -42,6 +42,7 @@ from typing import Any, Protocol, runtime_checkable
 import structlog
 from botocore.exceptions import ClientError
 
+from supervisor.act.base import LAUNCH_KIND
 from supervisor.ha.lease import DynamoDbLease
 from supervisor.sources.aws import call_with_retry, error_code
 from supervisor.vocabulary import Action, ActionResult, Verdict
@@ -49,7 +50,6 @@ from supervisor.vocabulary import Action, ActionResult, Verdict
 log = structlog.get_logger("ftsup.ha")
 
 LAUNCH_KEY = "launch"  # the ledger item of a job's first launch (one per job, like its journal's attempt 0)
-LAUNCH_KIND = "launch"
 MAX_TEXT = 4000  # detail and reason are cut to this many characters (items stay far below 400 KB)
 # Cancellation reasons that say "try again", not "the condition is false" (DynamoDB's own codes).
 _TRANSIENT_REASONS = frozenset(

@@ -24,11 +24,6 @@ class Clock:
 
 
 @pytest.fixture
-def settings(moto_endpoint: str) -> AwsSettings:
-    return AwsSettings(endpoint_url=moto_endpoint, connect_timeout_s=2, read_timeout_s=5, retry_budget_s=5)
-
-
-@pytest.fixture
 def table(settings: AwsSettings) -> Iterator[str]:
     """What deployment creates (ftsup never creates the table): partition key `job`."""
     client: Any = make_client("dynamodb", settings)

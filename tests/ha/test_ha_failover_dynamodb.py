@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,24 +21,11 @@ from supervisor.ha import DynamoDbLease, DynamoDbLedger, Entry
 from supervisor.journal import Journal
 from supervisor.sources.aws import AwsSettings
 from tests.ha.replica import LEASE_S
-from tests.ha.tables import create_tables, delete_tables
 from tests.ha.test_ha_failover import GLOO
 
 pytestmark = pytest.mark.chaos
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def settings(moto_endpoint: str) -> AwsSettings:
-    return AwsSettings(endpoint_url=moto_endpoint, connect_timeout_s=2, read_timeout_s=5, retry_budget_s=5)
-
-
-@pytest.fixture
-def tables(settings: AwsSettings) -> Iterator[tuple[str, str]]:
-    names = create_tables(settings)
-    yield names
-    delete_tables(settings, *names)
 
 
 def _replica(

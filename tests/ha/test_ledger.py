@@ -6,7 +6,6 @@ successor takes unsettled intents over, and every failure means "do not act"."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,6 @@ from supervisor.ha import (
 from supervisor.journal import Journal
 from supervisor.sources.aws import ApiCallCounter, AwsSettings, make_client
 from supervisor.vocabulary import Action, ActionResult, JobObservation, Verdict
-from tests.ha.tables import create_tables, delete_tables
 
 pytestmark = pytest.mark.chaos
 
@@ -37,18 +35,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def settings(moto_endpoint: str) -> AwsSettings:
-    return AwsSettings(endpoint_url=moto_endpoint, connect_timeout_s=2, read_timeout_s=5, retry_budget_s=5)
-
-
-@pytest.fixture
-def tables(settings: AwsSettings) -> Iterator[tuple[str, str]]:
-    names = create_tables(settings)
-    yield names
-    delete_tables(settings, *names)
 
 
 class Replica:
